@@ -1,0 +1,114 @@
+"""The `cutout` command: parses arguments, calls one library function, prints the outcome."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cutout import __version__
+
+app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True)
+export_app = typer.Typer(help="Export a model for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cutout {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """cutout: prepare data, train U²-Net, evaluate, serve and review cutouts."""
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def remove(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Photos: files, folders (recursive), globs or s3:// prefixes.")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3:// prefix.")],
+    model: Annotated[str, typer.Option(help="Model: a checkpoint or official .pth, or an .onnx file.")],
+    mask_only: Annotated[
+        bool, typer.Option(help="Write the mask (8-bit PNG) instead of the cutout.")
+    ] = False,
+    bg_color: Annotated[
+        str | None, typer.Option(help="Flatten onto this colour: white, #RRGGBB, ...")
+    ] = None,
+    crop: Annotated[bool, typer.Option(help="Crop to the product, with a margin.")] = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="png, webp, or jpg (needs --bg-color).")
+    ] = "png",
+    batch_size: Annotated[int, typer.Option(min=1, help="Photos per forward pass.")] = 4,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+) -> None:
+    """Cut the products out of photos: RGBA PNG at the original resolution by default."""
+    from cutout.compose import parse_color
+    from cutout.model.loader import load_predictor
+    from cutout.remove import RemoveOptions, collect_inputs, remove_backgrounds
+
+    try:
+        options = RemoveOptions(
+            mask_only, parse_color(bg_color) if bg_color else None, crop, output_format, batch_size
+        )
+        predictor = load_predictor(model, threads=threads)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    photos, missing = collect_inputs(inputs)
+    with Progress(TextColumn("cutting out"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:  # fmt: skip
+        task = progress.add_task("remove", total=len(photos))
+        summary = remove_backgrounds(
+            photos, out, predictor, options, on_done=lambda _: progress.advance(task)
+        )
+    failures = missing + summary.failures
+    _print_failures(failures)
+    console.print(
+        f"{len(summary.written)} written to {out}, {len(failures)} failed ({predictor.description})"
+    )
+    if failures:
+        raise typer.Exit(code=1)
+
+
+def _print_failures(failures: list) -> None:
+    # One line per input, whole paths kept (a table would cut them to the terminal's width).
+    for failure in failures:
+        console.print(f"[red]not processed[/red] {failure.source}: {failure.message} ({failure.reason})",
+                      soft_wrap=True, highlight=False)  # fmt: skip
+
+
+@export_app.command("onnx")
+def export_onnx(
+    model: Annotated[str, typer.Option(help="Checkpoint or official .pth to export.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The .onnx file to write.")],
+    int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
+    calibration: Annotated[str | None, typer.Option(help="Folder of photos to calibrate int8 with.")] = None,
+) -> None:
+    """Export to ONNX: input `input` (N×3×H×W), first output the fused probability map."""
+    from cutout.model.export import export_model
+
+    if int8 and not calibration:
+        raise _fail("--int8 needs --calibration DIR: a folder of photos like the ones the model will see")
+    try:
+        export_model(model, out, calibration_dir=calibration if int8 else None)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Data: safe image I/O, cleaning, clustering, augmentation, synthetic data and torch datasets."""

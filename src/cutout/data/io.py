@@ -1,0 +1,419 @@
+"""Safe image I/O: decode photos and masks fully, or reject them with a machine-readable reason.
+
+Every later step (cleaning, the KServe server, the CLI) reads images through here, so a bad file
+becomes one `ImageError` with a `reason` from `REASONS` instead of a half-grey training pair or a
+stack trace. Sources are bytes, local paths, or ``s3://`` URIs.
+
+Pixel limits: our explicit ``max_pixels`` is checked from the header before decoding; Pillow's own
+guard stays on untouched as a ceiling (``2 × PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels; raise
+that global to go beyond). The one global we change is ``ImageFile.LOAD_TRUNCATED_IMAGES``, forced
+back to False if someone turned it on: a partially decoded photo would pass as a half-grey pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike[str]
+
+REASONS: tuple[str, ...] = (
+    "empty",
+    "not_found",
+    "unreadable",
+    "not_an_image",
+    "truncated",
+    "corrupt",
+    "too_many_pixels",
+    "unsupported",
+)
+
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_PIXELS_ENV = "CUTOUT_MAX_PIXELS"
+ENCODE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+# Modes with more than 8 bits per sample: scaled by their full range, never clipped.
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+# Modes whose conversion to RGB/L Pillow gets right; it "converts" LAB, for one, to wrong colours.
+_KNOWN_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"})
+# Everything Pillow raises for a damaged file, besides UnidentifiedImageError.
+_DAMAGE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error)
+_TRUNCATION_HINTS = ("truncat", "broken data stream", "premature end", "not enough data")
+# EXIF orientations 5-8 turn the picture by 90°, so width and height trade places.
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image.
+
+    Attributes:
+        reason: One of `REASONS`, for rejects files and API error codes.
+        message: What is wrong, for people.
+        source: The path, URI or name that was read, if there was one.
+    """
+
+    def __init__(self, reason: str, message: str, source: str | None = None) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown image error reason {reason!r}; expected one of {REASONS}")
+        # Passing all three to ValueError keeps the error picklable across worker processes.
+        super().__init__(reason, message, source)
+        self.reason = reason
+        self.message = message
+        self.source = source
+
+    def __str__(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        return f"{prefix}{self.message} ({self.reason})"
+
+
+def read_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.Image:
+    """Read a photo as an upright 8-bit RGB image.
+
+    Transparent pixels are composited over white (product photos sit on white); CMYK, palette,
+    grayscale and 16/32-bit images are converted; only the first frame of an animation is used.
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: Largest width × height accepted, checked from the header before decoding.
+            Defaults to ``$CUTOUT_MAX_PIXELS`` or 40,000,000.
+
+    Returns:
+        A fully decoded RGB image with EXIF orientation applied.
+
+    Raises:
+        ImageError: if the source is missing, empty, not an image, damaged or too large.
+    """
+    name = _describe(source)
+    return _to_rgb(_decode(source, max_pixels, name), name)
+
+
+def read_soft_mask(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask as float32 values in [0, 1], shape (H, W).
+
+    Uses the alpha channel when it varies, otherwise luminance (palette colours, not indices);
+    16/32-bit masks are scaled by their full range.
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: As for `read_image`.
+
+    Returns:
+        The upright mask, 1.0 meaning foreground.
+
+    Raises:
+        ImageError: as for `read_image`.
+    """
+    name = _describe(source)
+    return _mask_values(_decode(source, max_pixels, name), name)
+
+
+def read_mask(source: ImageSource, *, max_pixels: int | None = None, threshold: float = 0.5) -> np.ndarray:
+    """Read a mask as a boolean array of shape (H, W).
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: As for `read_image`.
+        threshold: Fraction of the full value at or above which a pixel is foreground.
+
+    Returns:
+        True where the mask is foreground.
+
+    Raises:
+        ImageError: as for `read_image`.
+        ValueError: if ``threshold`` is not in (0, 1].
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return read_soft_mask(source, max_pixels=max_pixels) >= threshold
+
+
+def image_info(source: ImageSource, *, max_pixels: int | None = None) -> tuple[int, int, str]:
+    """Read width, height and format from the header only, without decoding pixels.
+
+    Width and height are as `read_image` returns them, after EXIF orientation. A truncated body
+    is not detected here: that needs a full decode.
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: As for `read_image`.
+
+    Returns:
+        ``(width, height, format)``, the format as Pillow names it (``"JPEG"``, ``"PNG"``, …).
+
+    Raises:
+        ImageError: if the source is missing, empty, not an image or too large.
+    """
+    name = _describe(source)
+    with _open(source, name) as image:
+        _check_pixels(image.size, max_pixels, name)
+        width, height = image.size
+        if _orientation(image) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        return width, height, str(image.format)
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """Encode an image as PNG, JPEG or WEBP.
+
+    Args:
+        image: The image to encode.
+        fmt: ``"PNG"``, ``"JPEG"`` (or ``"JPG"``) or ``"WEBP"``, any case.
+        quality: JPEG/WEBP quality, 1-100; PNG is lossless and ignores it.
+
+    Returns:
+        The encoded bytes.
+
+    Raises:
+        ValueError: for another format, for transparency in JPEG (flatten it first), or for a
+            mode the format cannot store.
+    """
+    fmt = "JPEG" if fmt.upper() == "JPG" else fmt.upper()
+    if fmt not in ENCODE_FORMATS:
+        raise ValueError(f"can't encode {fmt!r}: expected one of {ENCODE_FORMATS}")
+    if fmt == "JPEG" and image.has_transparency_data:
+        raise ValueError(f"JPEG can't hold transparency (mode {image.mode}); flatten or use PNG/WEBP")
+    options = {} if fmt == "PNG" else {"quality": quality}
+    buffer = BytesIO()
+    try:
+        image.save(buffer, format=fmt, **options)
+    except OSError as exc:  # Pillow's "cannot write mode X as Y"
+        raise ValueError(f"can't encode mode {image.mode} as {fmt}: {exc}") from exc
+    return buffer.getvalue()
+
+
+def mask_to_image(mask: np.ndarray) -> Image.Image:
+    """Turn a boolean or float [0, 1] mask of shape (H, W) into a mode ``L`` image.
+
+    Args:
+        mask: True/1.0 for foreground.
+
+    Returns:
+        An 8-bit grayscale image, 255 for foreground.
+
+    Raises:
+        ValueError: for another shape or dtype, NaN, or floats outside [0, 1].
+    """
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {array.shape}")
+    if array.dtype == np.bool_:
+        return Image.fromarray(array.astype(np.uint8) * 255)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"mask must be bool or float in [0, 1], got dtype {array.dtype}")
+    # A small tolerance lets sigmoid outputs that round past 1.0 through; logits are refused.
+    if np.isnan(array).any() or array.min(initial=0) < -1e-3 or array.max(initial=0) > 1 + 1e-3:
+        raise ValueError("float mask values must lie in [0, 1]")
+    return Image.fromarray(np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8))
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _describe(source: ImageSource) -> str | None:
+    """Name a source for error messages; raw bytes have no name."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return None
+    return os.fspath(source)
+
+
+def _max_pixels(max_pixels: int | None) -> int:
+    """The explicit limit, else ``$CUTOUT_MAX_PIXELS``, else the default; read per call so it can change."""
+    limit = max_pixels if max_pixels is not None else int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    if limit <= 0:
+        raise ValueError(f"max_pixels must be positive, got {limit}")
+    return limit
+
+
+def _as_file(source: ImageSource, name: str | None) -> Path | IO[bytes]:
+    """A local path to open lazily (header reads stay cheap), or the bytes in memory."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif isinstance(source, str) and source.startswith("s3://"):
+        data = _read_s3(source)
+    else:
+        return _checked_path(Path(source), name)
+    if not data:
+        raise ImageError("empty", "the file has no bytes", name)
+    return BytesIO(data)
+
+
+def _read_s3(uri: str) -> bytes:
+    """Fetch an S3 object; network errors propagate, as they say nothing about the image."""
+    from cutout.platform import storage  # lazily: boto3 is only needed for s3:// sources
+
+    try:
+        return storage.read_bytes(uri)
+    except FileNotFoundError as exc:
+        raise ImageError("not_found", "no such object", uri) from exc
+
+
+def _checked_path(path: Path, name: str | None) -> Path:
+    """Reject a missing, unreadable or empty local file before Pillow sees it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise ImageError("not_found", "no such file", name) from exc
+    except OSError as exc:
+        raise ImageError("unreadable", f"the file can't be read: {exc.strerror}", name) from exc
+    if path.is_dir():
+        raise ImageError("unreadable", "this is a folder, not a file", name)
+    if size == 0:
+        raise ImageError("empty", "the file has no bytes", name)
+    return path
+
+
+@contextmanager
+def _open(source: ImageSource, name: str | None) -> Iterator[ImageFile.ImageFile]:
+    """Open the header (first frame only) and close the file afterwards."""
+    file = _as_file(source, name)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit (`_check_pixels`) decides; Pillow's warning would only repeat it.
+            # Its hard error at 2 × Image.MAX_IMAGE_PIXELS still applies and is mapped below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file, formats=None)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", f"Pillow refused it: {exc}", name) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not_an_image", "the file is not an image Pillow can read", name) from exc
+    except PermissionError as exc:
+        raise ImageError("unreadable", f"the file can't be read: {exc.strerror}", name) from exc
+    except _DAMAGE_ERRORS as exc:
+        raise _damaged(exc, name) from exc
+    with image:
+        yield image
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str | None) -> None:
+    """Refuse a decompression bomb from its header size, before any pixel is decoded."""
+    limit = _max_pixels(max_pixels)
+    width, height = size
+    if width * height > limit:
+        message = f"{width}×{height} = {width * height:,} pixels is more than the limit of {limit:,}"
+        raise ImageError("too_many_pixels", message, name)
+
+
+def _decode(source: ImageSource, max_pixels: int | None, name: str | None) -> Image.Image:
+    """Open, check the size, decode every pixel, and turn the image upright."""
+    with _open(source, name) as image:
+        _check_pixels(image.size, max_pixels, name)
+        _load_fully(image, name)
+        _require_known_mode(image, name)
+        return _upright(image)
+
+
+def _require_known_mode(image: Image.Image, name: str | None) -> None:
+    """Refuse modes that Pillow would convert silently but wrongly, rather than return bad colours."""
+    if image.mode not in _KNOWN_MODES | _HIGH_DEPTH_MODES:
+        raise ImageError("unsupported", f"can't convert mode {image.mode} to RGB", name)
+
+
+def _load_fully(image: ImageFile.ImageFile, name: str | None) -> None:
+    """Decode all pixel data so that a file cut short fails here instead of reading as grey."""
+    _require_strict_loading()
+    try:
+        image.load()
+    except _DAMAGE_ERRORS as exc:
+        raise _damaged(exc, name) from exc
+
+
+def _require_strict_loading() -> None:
+    """Undo a global opt-in to partial decoding: every input must be kept or rejected with a reason."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; setting it back to False")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _damaged(exc: Exception, name: str | None) -> ImageError:
+    """Tell a file cut short (the common case: interrupted uploads and copies) from other damage."""
+    if any(hint in str(exc).lower() for hint in _TRUNCATION_HINTS):
+        return ImageError("truncated", "the file ends before the image data does", name)
+    return ImageError("corrupt", f"the image data is damaged: {exc}", name)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag, 1 (upright) when absent or unreadable."""
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except _DAMAGE_ERRORS:  # broken EXIF is common in the wild and does not spoil the pixels
+        return 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """A decoded copy turned by its EXIF orientation; a copy because the file image gets closed."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except _DAMAGE_ERRORS as exc:
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return image.copy()
+
+
+# --- mode normalisation ----------------------------------------------------------------------
+
+
+def _convert(image: Image.Image, mode: str, name: str | None) -> Image.Image:
+    """Image.convert, with Pillow's refusal mapped to `unsupported`."""
+    try:
+        return image.convert(mode)
+    except ValueError as exc:
+        raise ImageError("unsupported", f"can't convert mode {image.mode} to {mode}", name) from exc
+
+
+def _unit_values(image: Image.Image) -> np.ndarray:
+    """Scale a 16/32-bit single-channel image to float32 [0, 1] by its mode's full range."""
+    array = np.asarray(image, dtype=np.float32)
+    peak = float(array.max(initial=0))
+    if image.mode.startswith("I;16"):
+        full = 65535.0
+    elif image.mode == "I":  # Pillow's mode for 16-bit PNG/TIFF; true 32-bit data by its own peak
+        full = max(65535.0, peak)
+    else:  # "F": conventionally [0, 1]; otherwise by its own peak
+        full = max(1.0, peak)
+    return np.clip(array / full, 0.0, 1.0)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16/32-bit grayscale image as mode L, the full range mapped onto 0..255."""
+    return Image.fromarray(np.rint(_unit_values(image) * 255).astype(np.uint8))
+
+
+def _flatten_on_white(image: Image.Image, name: str | None) -> Image.Image:
+    """Composite any transparency over white, where product photos sit."""
+    rgba = _convert(image, "RGBA", name)
+    background = Image.new("RGB", rgba.size, _WHITE)
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _to_rgb(image: Image.Image, name: str | None) -> Image.Image:
+    """Normalise any decoded mode to 8-bit RGB."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _to_8bit(image)
+    if image.has_transparency_data:
+        return _flatten_on_white(image, name)
+    return image if image.mode == "RGB" else _convert(image, "RGB", name)
+
+
+def _mask_values(image: Image.Image, name: str | None) -> np.ndarray:
+    """Mask values in [0, 1]: a varying alpha channel, else luminance (palette colours, not indices)."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        return _unit_values(image)
+    if image.has_transparency_data:
+        image = _convert(image, "RGBA", name)
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() != alpha.max():
+            return alpha.astype(np.float32) / 255.0
+    return np.asarray(_convert(image, "L", name), dtype=np.float32) / 255.0

@@ -1,0 +1,119 @@
+"""Running a U²-Net on photos: the original pre-processing, PyTorch and ONNX Runtime back ends.
+
+Pre- and post-processing follow the original `u2net_test.py`, so official weights give official results:
+resize to 320×320, divide by the image's max, ImageNet mean/std; take the fused map, min-max normalise,
+resize back to the photo's size. The back ends share one small interface: a normalised N×3×H×W batch
+in, fused probabilities N×H×W out.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+INPUT_SIZE = 320
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+RUNTIMES = ("torch", "onnx")
+
+
+class MaskPredictor(Protocol):
+    """What every back end offers: fused-map probabilities for a normalised batch."""
+
+    description: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """N×3×H×W float32 (see `preprocess`) → N×H×W float32 probabilities of the fused map."""
+        ...
+
+
+def default_threads() -> int:
+    """All the cores this process may use (the container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0))
+
+
+def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """An RGB photo → a 3×size×size float32 array normalised like the original."""
+    resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    resized /= max(float(resized.max()), 1e-6)  # the original divides by the image's own max
+    return ((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def minmax_normalise(probabilities: np.ndarray) -> np.ndarray:
+    """Stretch one map to [0, 1], as the original does before saving a mask."""
+    low, high = float(probabilities.min()), float(probabilities.max())
+    return (probabilities - low) / max(high - low, 1e-8)
+
+
+def upscale_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an H×W probability map to `size` (width, height), staying in float.
+
+    The full-resolution mask comes from the probabilities, so edges stay smooth: resizing a binary
+    320-pixel mask instead would give staircase edges.
+    """
+    resized = Image.fromarray(probabilities.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR
+    )
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+class TorchPredictor:
+    """A U²-Net in PyTorch, on the CPU with channels_last (faster convolutions) or on CUDA."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", threads: int | None = None):
+        if device == "cpu":
+            torch.set_num_threads(threads or default_threads())
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.description = f"torch ({device})"
+
+    @torch.inference_mode()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(
+            self.device, memory_format=torch.channels_last
+        )
+        fused = self.model(inputs)[0]
+        return torch.sigmoid(fused)[:, 0].float().cpu().numpy()
+
+
+class OnnxPredictor:
+    """An exported model in ONNX Runtime; its first output is the fused probability map."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.description = f"onnxruntime ({Path(path).name})"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        (fused,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})
+        return fused[:, 0]
+
+
+def predict_probabilities(
+    predictor: MaskPredictor, images: list[Image.Image], size: int = INPUT_SIZE, minmax: bool = True
+) -> list[np.ndarray]:
+    """Fused-map probabilities at each photo's own resolution, for a batch of RGB photos.
+
+    Args:
+        predictor: the back end.
+        images: RGB photos of any sizes.
+        size: the network's input size.
+        minmax: stretch each map to [0, 1] like the original (right for official weights; a model trained
+            here is calibrated already, and stretching would amplify noise on an empty image).
+    """
+    batch = np.stack([preprocess(image, size) for image in images])
+    maps = predictor.predict(batch)
+    if minmax:
+        maps = [minmax_normalise(m) for m in maps]
+    return [upscale_probabilities(m, image.size) for m, image in zip(maps, images, strict=True)]
