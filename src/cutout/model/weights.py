@@ -62,7 +62,7 @@ def read_state_dict(uri: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return _strip_data_parallel_prefix(loaded), {}
 
 
-def load_weights(uri: str | Path, variant: str | None = None) -> U2Net:
+def load_model(uri: str | Path, variant: str | None = None) -> tuple[U2Net, dict[str, Any]]:
     """Build the right variant and load official weights or a cutout checkpoint into it, strictly.
 
     Args:
@@ -70,7 +70,7 @@ def load_weights(uri: str | Path, variant: str | None = None) -> U2Net:
         variant: the expected variant; detected from the weights when left out.
 
     Returns:
-        The model in eval mode, on the CPU.
+        The model in eval mode on the CPU, and the checkpoint's metadata (empty for official weights).
     """
     state_dict, metadata = read_state_dict(uri)
     detected = metadata.get("variant") or detect_variant(state_dict)
@@ -78,13 +78,18 @@ def load_weights(uri: str | Path, variant: str | None = None) -> U2Net:
         raise WeightsError(f"{uri}: holds {detected} weights, not {variant}")
     model = build_model(detected)
     model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return model.eval(), metadata
 
 
-def save_checkpoint(uri: str | Path, model: U2Net, variant: str, **extra: Any) -> None:
+def load_weights(uri: str | Path, variant: str | None = None) -> U2Net:
+    """`load_model` without the metadata: just the network, in eval mode."""
+    return load_model(uri, variant)[0]
+
+
+def save_checkpoint(uri: str | Path, model: U2Net, variant: str, input_size: int = 320, **extra: Any) -> None:
     """Save a cutout checkpoint: the state dict, the variant, and any training state passed in `extra`."""
     buffer = io.BytesIO()
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "variant": variant, "model": model.state_dict(), **extra}, buffer
-    )
+    # input_size travels with the weights: a model trained at 160 px must be run at 160 px.
+    checkpoint = {"format": CHECKPOINT_FORMAT, "variant": variant, "input_size": input_size, **extra}
+    torch.save({**checkpoint, "model": model.state_dict()}, buffer)
     storage.write_bytes(str(uri), buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, HTML reports, and the promotion gate."""

@@ -1,0 +1,200 @@
+"""Inference benchmarks (`make bench`): ms per image for each back end, and `cutout remove` end to end.
+
+Each configuration runs in its own process, so its peak RSS is its own. Weights are random: speed does
+not depend on their values. Figures to compare with are in shared/NOTES.md (2-core AMD EPYC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 320
+E2E_PHOTO = (1000, 1500)
+DEMO_CHECKPOINT = ".cutout/demo/model/u2netp-demo.pt"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(run: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `repeats` runs after one warm-up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_model_files(variant: str, folder: Path) -> dict[str, Path]:
+    """A checkpoint, its fp32 ONNX and its int8 ONNX (calibrated on a few studio photos)."""
+    from cutout.data.synth import generate_pair
+    from cutout.model import build_model, save_checkpoint
+    from cutout.model.export import export_onnx, quantize_int8
+
+    model = build_model(variant)
+    files = {"checkpoint": folder / f"{variant}.pt", "fp32": folder / f"{variant}.onnx"}
+    save_checkpoint(files["checkpoint"], model, variant)
+    export_onnx(model, files["fp32"])
+    calibration = folder / "calibration"
+    calibration.mkdir(exist_ok=True)
+    for index in range(8):
+        generate_pair(index, size=(400, 600), seed=3)[0].save(calibration / f"{index}.jpg")
+    files["int8"] = folder / f"{variant}-int8.onnx"
+    quantize_int8(files["fp32"], files["int8"], str(calibration))
+    return files
+
+
+def network_ms(files: dict[str, str], backend: str, batch: int, repeats: int) -> tuple[float, float]:
+    """ms per image of the network alone at 320×320, and the process's peak RSS (MiB)."""
+    import torch
+
+    from cutout.model import load_weights
+    from cutout.model.inference import OnnxPredictor, TorchPredictor
+
+    inputs = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    if backend in ("eager", "channels_last"):
+        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+        model = load_weights(files["checkpoint"])
+        if backend == "channels_last":
+            run = lambda: TorchPredictor(model).predict(inputs)  # noqa: E731
+        else:
+            tensor = torch.from_numpy(inputs)
+
+            def run() -> object:
+                with torch.inference_mode():
+                    return model(tensor)[0]
+    else:
+        predictor = OnnxPredictor(files[backend])
+        run = lambda: predictor.predict(inputs)  # noqa: E731
+    return timed(run, repeats) / batch * 1000, peak_rss_mib()
+
+
+def remove_ms(model_file: str, photo_dir: str, batch: int) -> tuple[float, float]:
+    """ms per photo of `cutout remove`'s library path, decode to written PNG, and peak RSS (MiB)."""
+    from cutout.model.loader import load_predictor
+    from cutout.remove import RemoveOptions, collect_inputs, remove_backgrounds
+
+    predictor = load_predictor(model_file)
+    photos, _ = collect_inputs([photo_dir])
+    with tempfile.TemporaryDirectory() as out:
+        remove_backgrounds(photos[:batch], out, predictor, RemoveOptions(batch_size=batch))  # warm-up
+        start = time.perf_counter()
+        summary = remove_backgrounds(photos, out, predictor, RemoveOptions(batch_size=batch))
+        elapsed = time.perf_counter() - start
+    assert summary.ok, summary.failures
+    return elapsed / len(photos) * 1000, peak_rss_mib()
+
+
+def in_subprocess(function: Callable, *args: object) -> tuple[float, float]:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def trained_checkpoint(folder: Path, requested: str | None) -> str:
+    """A trained U²-NetP: realistic masks matter end to end (PNG size, int8 agreement)."""
+    from cutout.data.synth import synthesize_dataset
+    from cutout.train.local import train_locally
+
+    for candidate in (requested, DEMO_CHECKPOINT):
+        if candidate and Path(candidate).exists():
+            return candidate
+    print(
+        "no trained model (run `make demo` first for the demo's): training a small one for 4 epochs...",
+        flush=True,
+    )
+    synthesize_dataset(str(folder / "train"), 64, seed=0)
+    synthesize_dataset(str(folder / "val"), 8, seed=1)
+    train_locally(str(folder / "train"), str(folder / "val"), str(folder / "trained.pt"), epochs=4)
+    return str(folder / "trained.pt")
+
+
+def held_out_photos(folder: Path, count: int) -> Path:
+    from cutout.data.synth import generate_pair
+
+    folder.mkdir()
+    for index in range(count):
+        generate_pair(index, size=E2E_PHOTO, seed=7)[0].save(folder / f"{index:03d}.jpg", quality=92)
+    return folder
+
+
+def export_both(checkpoint: str, folder: Path, calibration: Path) -> dict[str, str]:
+    from cutout.model.export import export_model
+
+    files = {
+        "checkpoint": checkpoint,
+        "fp32": str(folder / "e2e.onnx"),
+        "int8": str(folder / "e2e-int8.onnx"),
+    }
+    export_model(checkpoint, files["fp32"])
+    export_model(checkpoint, files["int8"], calibration_dir=str(calibration))
+    return files
+
+
+def int8_agreement(files: dict[str, str], photo_dir: Path) -> float:
+    """Mean IoU of the int8 model's masks with the fp32 model's, at full resolution."""
+    from cutout.data.io import read_image
+    from cutout.model.inference import predict_probabilities
+    from cutout.model.loader import load_predictor
+
+    fp32, int8 = load_predictor(files["fp32"]), load_predictor(files["int8"])
+    scores = []
+    for photo in sorted(photo_dir.iterdir()):
+        image = read_image(photo)
+        a, b = (predict_probabilities(p, [image])[0] >= 0.5 for p in (fp32, int8))
+        scores.append(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
+    return float(np.mean(scores))
+
+
+def row(variant: str, label: str, batch: int, ms: float, rss: float, note: str = "") -> None:
+    print(f"{variant:8} {label:20} {batch:>5} {ms:>9.1f} {rss:>13.0f}  {note}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variants", nargs="+", default=["u2netp", "u2net"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--photos", type=int, default=24, help="1000×1500 JPEGs for the end-to-end run")
+    parser.add_argument("--model", help="trained U²-NetP checkpoint for the end-to-end run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        print(f"{'model':8} {'back end':20} {'batch':>5} {'ms/image':>9} {'peak RSS MiB':>13}", flush=True)
+        for variant in args.variants:
+            files = {k: str(v) for k, v in make_model_files(variant, folder).items()}
+            for backend in ("eager", "channels_last", "fp32", "int8"):
+                for batch in (1, 8):
+                    repeats = args.repeats if variant == "u2netp" or batch == 1 else max(2, args.repeats // 2)
+                    ms, rss = in_subprocess(network_ms, files, backend, batch, repeats)
+                    label = {"fp32": "onnxrt fp32", "int8": "onnxrt int8"}.get(backend, f"torch {backend}")
+                    row(variant, label, batch, ms, rss, "network alone, 320×320")
+        photo_dir = held_out_photos(folder / "photos", args.photos)
+        files = export_both(trained_checkpoint(folder, args.model), folder, photo_dir)
+        for kind in ("checkpoint", "fp32", "int8"):
+            for batch in (1, 4):
+                ms, rss = in_subprocess(remove_ms, files[kind], str(photo_dir), batch)
+                row(
+                    "u2netp",
+                    f"remove {kind}",
+                    batch,
+                    ms,
+                    rss,
+                    f"end to end, {E2E_PHOTO[0]}×{E2E_PHOTO[1]} JPEG → PNG",
+                )
+        print(f"int8 masks against fp32 masks (trained U²-NetP, {args.photos} photos): "
+              f"mean IoU {int8_agreement(files, photo_dir):.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
