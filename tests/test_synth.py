@@ -130,7 +130,7 @@ def test_dataset_on_s3(s3_bucket: str) -> None:
     summary = synthesize_dataset(out, 4, size=(64, 48), seed=2)
     assert summary.count == 4
     _check_dataset(out, 4, (64, 48), 2)
-    assert len(list(storage.list_files(out))) == 2 * 4 + 1
+    assert len(list(storage.list_files(out))) == 2 * 4 + 2  # images, masks, manifest, (empty) rejects
 
 
 def test_empty_and_invalid_requests(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def remove(
         str, typer.Option("--format", help="png, webp, or jpg (needs --bg-color).")
     ] = "png",
     batch_size: Annotated[int, typer.Option(min=1, help="Photos per forward pass.")] = 4,
+    png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG level: 1 fast, 9 smallest.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Cut the products out of photos: RGBA PNG at the original resolution by default."""

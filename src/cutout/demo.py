@@ -126,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path(".cutout/demo"))
     parser.add_argument("--pairs", type=int, default=96, help="synthetic training pairs")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--input-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--held-out", type=int, default=8, help="full-resolution photos to cut out")

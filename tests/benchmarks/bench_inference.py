@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import tempfile
 import time
@@ -23,7 +22,12 @@ DEMO_CHECKPOINT = ".cutout/demo/model/u2netp-demo.pt"
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    parent through fork and exec, so every worker would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def timed(run: Callable[[], object], repeats: int) -> float:
@@ -129,16 +133,16 @@ def held_out_photos(folder: Path, count: int) -> Path:
     return folder
 
 
-def export_both(checkpoint: str, folder: Path, calibration: Path) -> dict[str, str]:
+def export_both(checkpoint: str, folder: Path, calibration: Path, input_size: int | None) -> dict[str, str]:
+    """fp32 and int8 ONNX files of a checkpoint, run at `input_size` (None: the size it was trained at)."""
     from cutout.model.export import export_model
 
     files = {
-        "checkpoint": checkpoint,
-        "fp32": str(folder / "e2e.onnx"),
-        "int8": str(folder / "e2e-int8.onnx"),
+        "fp32": str(folder / f"e2e-{input_size}.onnx"),
+        "int8": str(folder / f"e2e-{input_size}-int8.onnx"),
     }
-    export_model(checkpoint, files["fp32"])
-    export_model(checkpoint, files["int8"], calibration_dir=str(calibration))
+    export_model(checkpoint, files["fp32"], input_size=input_size)
+    export_model(checkpoint, files["int8"], calibration_dir=str(calibration), input_size=input_size)
     return files
 
 
@@ -155,6 +159,12 @@ def int8_agreement(files: dict[str, str], photo_dir: Path) -> float:
         a, b = (predict_probabilities(p, [image])[0] >= 0.5 for p in (fp32, int8))
         scores.append(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
     return float(np.mean(scores))
+
+
+def load_input_size(model_file: str) -> int:
+    from cutout.model.loader import load_predictor
+
+    return load_predictor(model_file).input_size
 
 
 def row(variant: str, label: str, batch: int, ms: float, rss: float, note: str = "") -> None:
@@ -180,20 +190,23 @@ def main() -> None:
                     label = {"fp32": "onnxrt fp32", "int8": "onnxrt int8"}.get(backend, f"torch {backend}")
                     row(variant, label, batch, ms, rss, "network alone, 320×320")
         photo_dir = held_out_photos(folder / "photos", args.photos)
-        files = export_both(trained_checkpoint(folder, args.model), folder, photo_dir)
-        for kind in ("checkpoint", "fp32", "int8"):
-            for batch in (1, 4):
-                ms, rss = in_subprocess(remove_ms, files[kind], str(photo_dir), batch)
-                row(
-                    "u2netp",
-                    f"remove {kind}",
-                    batch,
-                    ms,
-                    rss,
-                    f"end to end, {E2E_PHOTO[0]}×{E2E_PHOTO[1]} JPEG → PNG",
-                )
-        print(f"int8 masks against fp32 masks (trained U²-NetP, {args.photos} photos): "
-              f"mean IoU {int8_agreement(files, photo_dir):.4f}")  # fmt: skip
+        checkpoint = trained_checkpoint(folder, args.model)
+        for input_size in (None, SIZE):  # as trained, then at 320 (the published input size)
+            files = {"checkpoint": checkpoint, **export_both(checkpoint, folder, photo_dir, input_size)}
+            net = load_input_size(files["fp32"])
+            for kind in ("checkpoint", "fp32", "int8") if input_size is None else ("fp32", "int8"):
+                for batch in (1, 4):
+                    ms, rss = in_subprocess(remove_ms, files[kind], str(photo_dir), batch)
+                    row(
+                        "u2netp",
+                        f"remove {kind}",
+                        batch,
+                        ms,
+                        rss,
+                        f"end to end, {net} px net, 1000×1500 JPEG → PNG",
+                    )
+            print(f"int8 masks against fp32 masks at {net} px ({args.photos} photos): "
+                  f"mean IoU {int8_agreement(files, photo_dir):.4f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

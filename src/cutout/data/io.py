@@ -18,6 +18,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import IO
@@ -165,13 +166,15 @@ def image_info(source: ImageSource, *, max_pixels: int | None = None) -> tuple[i
         return width, height, str(image.format)
 
 
-def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95, compress_level: int = 6) -> bytes:
     """Encode an image as PNG, JPEG or WEBP.
 
     Args:
         image: The image to encode.
         fmt: ``"PNG"``, ``"JPEG"`` (or ``"JPG"``) or ``"WEBP"``, any case.
         quality: JPEG/WEBP quality, 1-100; PNG is lossless and ignores it.
+        compress_level: PNG zlib level, 0-9: 1 encodes a textured 1000×1500 cutout 3.4× faster than
+            6 (93 against 315 ms, measured) for a 25% larger file.
 
     Returns:
         The encoded bytes.
@@ -185,7 +188,7 @@ def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> byt
         raise ValueError(f"can't encode {fmt!r}: expected one of {ENCODE_FORMATS}")
     if fmt == "JPEG" and image.has_transparency_data:
         raise ValueError(f"JPEG can't hold transparency (mode {image.mode}); flatten or use PNG/WEBP")
-    options = {} if fmt == "PNG" else {"quality": quality}
+    options = {"compress_level": compress_level} if fmt == "PNG" else {"quality": quality}
     buffer = BytesIO()
     try:
         image.save(buffer, format=fmt, **options)
@@ -417,3 +420,103 @@ def _mask_values(image: Image.Image, name: str | None) -> np.ndarray:
         if alpha.min() != alpha.max():
             return alpha.astype(np.float32) / 255.0
     return np.asarray(_convert(image, "L", name), dtype=np.float32) / 255.0
+
+
+# --- headers and reduced decoding, for steps that normalise and report what they did --------
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding its pixels.
+
+    Attributes:
+        width: Upright width (after EXIF orientation), as `read_image` returns it.
+        height: Upright height.
+        format: The format as Pillow names it (``"JPEG"``, ``"PNG"``, …).
+        mode: Pillow's mode for the file as opened, before any conversion (``"CMYK"``, ``"P"``, …).
+        bits: Bits per sample: 16 for 16-bit files, even those Pillow opens as 8-bit ``"RGB"``.
+        orientation: The EXIF orientation tag, 1 when upright.
+        transparency: Whether the file has an alpha channel or a transparent colour.
+    """
+
+    width: int
+    height: int
+    format: str
+    mode: str
+    bits: int
+    orientation: int
+    transparency: bool
+
+
+def read_header(source: ImageSource, *, max_pixels: int | None = None) -> ImageHeader:
+    """Read a file's header: upright size, format, mode, bit depth, orientation, transparency.
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: As for `read_image`.
+
+    Returns:
+        The header facts; a truncated body is not detected here (that needs a full decode).
+
+    Raises:
+        ImageError: if the source is missing, empty, not an image or too large.
+    """
+    name = _describe(source)
+    with _open(source, name) as image:
+        _check_pixels(image.size, max_pixels, name)
+        return _header(image)
+
+
+def decode_image(
+    source: ImageSource, *, max_pixels: int | None = None, min_size: tuple[int, int] | None = None
+) -> tuple[ImageHeader, Image.Image]:
+    """Decode every pixel and turn the image upright, keeping the file's own mode.
+
+    With ``min_size``, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, much
+    faster) as long as both upright sides stay at least ``min_size``; the whole stream is still
+    read, so a truncated file is still refused. Convert the result with `to_rgb` or `to_mask_values`.
+
+    Args:
+        source: Encoded bytes, a local path, or an ``s3://`` URI.
+        max_pixels: As for `read_image`.
+        min_size: ``(width, height)`` the decoded image must keep, upright; None for full size.
+
+    Returns:
+        The header (full-size dimensions) and the decoded, upright image.
+
+    Raises:
+        ImageError: as for `read_image`.
+    """
+    name = _describe(source)
+    with _open(source, name) as image:
+        _check_pixels(image.size, max_pixels, name)
+        header = _header(image)
+        if min_size is not None and image.format == "JPEG":
+            swapped = header.orientation in _SWAPPING_ORIENTATIONS
+            image.draft(None, tuple(reversed(min_size)) if swapped else min_size)
+        _load_fully(image, name)
+        _require_known_mode(image, name)
+        return header, _upright(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image (from `decode_image`) to 8-bit RGB exactly as `read_image` does."""
+    return _to_rgb(image, None)
+
+
+def to_mask_values(image: Image.Image) -> np.ndarray:
+    """Convert a decoded image (from `decode_image`) to mask values as `read_soft_mask` does."""
+    return _mask_values(image, None)
+
+
+def _header(image: ImageFile.ImageFile) -> ImageHeader:
+    """Header facts of an open file; the tile's raw mode tells 16-bit samples Pillow reads as 8-bit."""
+    width, height = image.size
+    orientation = _orientation(image)
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    raw_modes = [str(tile.args) for tile in image.tile]
+    wide = image.mode in _HIGH_DEPTH_MODES or any(";16" in raw for raw in raw_modes)
+    return ImageHeader(width=width, height=height, format=str(image.format), mode=image.mode,
+                       bits=16 if wide else 8, orientation=orientation,
+                       transparency=image.has_transparency_data)  # fmt: skip

@@ -1,13 +1,22 @@
-"""The dataset layout's manifest: one JSON record per pair in `<dataset>/manifest.jsonl`."""
+"""The dataset layout: `images/<id>.<ext>`, `masks/<id>.png`, `manifest.jsonl`, and `rejects.jsonl`.
+
+Each step writes a new dataset through a `DatasetWriter` and never edits its input. Manifest and rejects
+are spooled to local files while the step runs (memory stays flat), then written whole: a reader never
+sees half a manifest.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from types import TracebackType
 
 from cutout.platform import storage
 
 MANIFEST_NAME = "manifest.jsonl"
+REJECTS_NAME = "rejects.jsonl"
 
 
 def manifest_uri(dataset: str) -> str:
@@ -15,13 +24,61 @@ def manifest_uri(dataset: str) -> str:
     return storage.join(dataset, MANIFEST_NAME)
 
 
+def read_jsonl(uri: str) -> Iterator[dict]:
+    """The records of a JSON-lines file, in order; a broken line is an error naming its number."""
+    with storage.local_copy(uri) as local, open(local, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{uri}, line {number}: not JSON ({error.msg})") from None
+
+
 def read_manifest(dataset: str) -> Iterator[dict]:
-    """The records of a dataset's manifest, in file order; a broken line is an error naming its number."""
-    text = storage.read_text(manifest_uri(dataset))
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    """The records of a dataset's manifest, in file order."""
+    return read_jsonl(manifest_uri(dataset))
+
+
+class DatasetWriter:
+    """Writes a dataset: pair files as they come, then `manifest.jsonl` and `rejects.jsonl` at the end.
+
+    Use as a context manager; the manifest and rejects are only written when the block succeeds.
+    """
+
+    def __init__(self, out: str):
+        self.out = out
+        self.kept = 0
+        self.rejected = 0
+        self._spool = tempfile.TemporaryDirectory(prefix="cutout-dataset-")
+        self._manifest = open(os.path.join(self._spool.name, MANIFEST_NAME), "w", encoding="utf-8")  # noqa: SIM115
+        self._rejects = open(os.path.join(self._spool.name, REJECTS_NAME), "w", encoding="utf-8")  # noqa: SIM115
+
+    def add_pair(self, record: dict, image: bytes, image_ext: str, mask_png: bytes) -> dict:
+        """Write one pair's files and its manifest record (`record` has an `id`; paths are added)."""
+        pair_id = record["id"]
+        record = {**record, "image": f"images/{pair_id}.{image_ext}", "mask": f"masks/{pair_id}.png"}
+        storage.write_bytes(storage.join(self.out, record["image"]), image)
+        storage.write_bytes(storage.join(self.out, record["mask"]), mask_png)
+        self._manifest.write(json.dumps(record) + "\n")
+        self.kept += 1
+        return record
+
+    def reject(self, record: dict) -> None:
+        """Record an input that is not kept; `record` has at least `id` and `reason`."""
+        self._rejects.write(json.dumps(record) + "\n")
+        self.rejected += 1
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self._manifest.close()
+        self._rejects.close()
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest_uri(dataset)}, line {number}: not JSON ({error.msg})") from None
+            if error is None:
+                storage.copy(self._manifest.name, manifest_uri(self.out))
+                storage.copy(self._rejects.name, storage.join(self.out, REJECTS_NAME))
+        finally:
+            self._spool.cleanup()

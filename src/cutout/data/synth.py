@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-import json
 import math
-import os
-import tempfile
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from cutout.data.garments import SILHOUETTES, Shape
 from cutout.data.io import encode_image, mask_to_image
-from cutout.platform import storage
+from cutout.data.manifest import DatasetWriter
+from cutout.data.parallel import ordered_map
 
 PRODUCT_TYPES: tuple[str, ...] = (
     "long_pants",
@@ -37,8 +35,6 @@ PRODUCT_TYPES: tuple[str, ...] = (
 )
 JPEG_QUALITY = 92
 SUPERSAMPLE = 4  # silhouettes are drawn 4× larger, then box-averaged: anti-aliased edges
-_WORKERS = 2
-_IN_FLIGHT_PER_WORKER = 4  # bounds memory: finished pairs wait for their turn, never the whole dataset
 _Rng = np.random.Generator
 
 
@@ -313,33 +309,10 @@ def _encode_pair(index: int, size: tuple[int, int], seed: int) -> tuple[str, byt
     return product_type, encode_image(image, "JPEG", JPEG_QUALITY), encode_image(mask_to_image(mask), "PNG")
 
 
-def _encode_in_order(count: int, size: tuple[int, int], seed: int) -> Iterator[tuple[str, bytes, bytes]]:
-    """Encode pairs on worker processes, yielding them in index order with few tasks in flight."""
-    workers = min(_WORKERS, len(os.sched_getaffinity(0)))
-    pending: deque[Future] = deque()
-    with ProcessPoolExecutor(workers) as pool:
-        try:
-            for index in range(count):
-                pending.append(pool.submit(_encode_pair, index, size, seed))
-                if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:  # the consumer stopped early: drop work nobody will read
-                future.cancel()
-
-
-def _write_pair(out: str, index: int, encoded: tuple[str, bytes, bytes], size: tuple, seed: int) -> dict:
-    """Write one pair's files and return its manifest record."""
-    product_type, jpeg, png = encoded
-    pair_id = f"synth-{index:06d}"
-    image, mask = f"images/{pair_id}.jpg", f"masks/{pair_id}.png"
-    storage.write_bytes(storage.join(out, image), jpeg)
-    storage.write_bytes(storage.join(out, mask), png)
-    return {"id": pair_id, "image": image, "mask": mask, "width": size[0], "height": size[1],
-            "product_type": product_type, "source": "synth", "seed": seed,
-            "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
+def _encoded_pair_record(index: int, encoded: tuple[str, bytes, bytes], size: tuple, seed: int) -> dict:
+    product_type, jpeg, _ = encoded
+    return {"id": f"synth-{index:06d}", "width": size[0], "height": size[1], "product_type": product_type,
+            "source": "synth", "seed": seed, "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
 
 
 def synthesize_dataset(
@@ -371,14 +344,12 @@ def synthesize_dataset(
     if count < 0 or min(size) < 32:
         raise ValueError(f"need count >= 0 and a size of at least 32×32, got {count} and {size}")
     per_type = Counter(dict.fromkeys(PRODUCT_TYPES, 0))
-    with tempfile.TemporaryDirectory(prefix="cutout-synth-") as folder:
-        manifest = os.path.join(folder, "manifest.jsonl")  # spooled on disk: memory stays flat
-        with open(manifest, "w", encoding="utf-8") as lines:
-            for index, encoded in enumerate(_encode_in_order(count, size, seed)):
-                record = _write_pair(out, index, encoded, size, seed)
-                lines.write(json.dumps(record) + "\n")
-                per_type[record["product_type"]] += 1
-                if on_progress is not None:
-                    on_progress()
-        storage.copy(manifest, storage.join(out, "manifest.jsonl"))
+    encoded_pairs = ordered_map(partial(_encode_pair, size=size, seed=seed), range(count))
+    with DatasetWriter(out) as writer:
+        for index, encoded in enumerate(encoded_pairs):
+            record = _encoded_pair_record(index, encoded, size, seed)
+            writer.add_pair(record, encoded[1], "jpg", encoded[2])
+            per_type[record["product_type"]] += 1
+            if on_progress is not None:
+                on_progress()
     return SynthSummary(out=out, count=count, per_type=dict(per_type))

@@ -108,12 +108,17 @@ def quantize_int8(
         storage.write_bytes(str(out), quantized.read_bytes())
 
 
-def export_model(model_uri: str, out: str | Path, calibration_dir: str | None = None) -> None:
-    """Export the model at `model_uri` to ONNX; int8 when a calibration folder is given."""
+def export_model(
+    model_uri: str, out: str | Path, calibration_dir: str | None = None, input_size: int | None = None
+) -> None:
+    """Export the model at `model_uri` to ONNX; int8 when a calibration folder is given.
+
+    `input_size` overrides the size the model was trained at (kept in the checkpoint; 320 otherwise).
+    """
     from cutout.model.weights import load_model
 
     model, metadata = load_model(model_uri)
-    input_size = metadata.get("input_size", INPUT_SIZE)
+    input_size = input_size or metadata.get("input_size", INPUT_SIZE)
     if calibration_dir is None:
         export_onnx(model, out, input_size)
         return

@@ -1,0 +1,33 @@
+"""The set-up protects what later steps need: Horovod built with PyTorch and Gloo, the CLI on the PATH."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def test_horovod_is_built_with_pytorch_and_gloo():
+    report = subprocess.run(
+        [BIN / "horovodrun", "--check-build"], capture_output=True, text=True, check=True
+    ).stdout
+    lines = {line.strip() for line in report.splitlines()}
+    assert "[X] PyTorch" in lines and "[X] Gloo" in lines
+
+
+def test_horovod_torch_runs_one_process():
+    code = "\n".join(
+        [
+            "import torch, horovod.torch as hvd",
+            "hvd.init()",
+            "print(hvd.size(), hvd.allreduce(torch.ones(2)).tolist())",
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[0] == "1 [1.0, 1.0]"
+
+
+def test_cutout_command_has_help_everywhere():
+    for args in ([], ["remove"], ["export"], ["export", "onnx"]):
+        result = subprocess.run([BIN / "cutout", *args, "--help"], capture_output=True, text=True, check=True)
+        assert "Usage" in result.stdout
