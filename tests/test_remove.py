@@ -121,3 +121,17 @@ def test_compose_keeps_alpha_flattens_and_crops():
     assert product_box(alpha_image, margin=0.05) == (28, 18, 72, 42)
     assert compose_cutout(image, alpha_image, crop=True).size == (44, 24)
     assert product_box(Image.new("L", (10, 10))) == (0, 0, 10, 10)
+
+
+def test_png_compression_level_reaches_the_encoder(photo_folder, tmp_path, u2netp_weights):
+    sizes = {}
+    for level in ("0", "9"):
+        out = tmp_path / f"level{level}"
+        result = run(
+            photo_folder / "dress.jpg", "-o", out, "--model", u2netp_weights, "--png-compression", level
+        )
+        assert result.exit_code == 0, result.output
+        sizes[level] = (out / "dress.png").stat().st_size
+    assert sizes["9"] < sizes["0"] / 2  # level 0 stores the pixels uncompressed
+    refused = run(photo_folder, "-o", tmp_path / "x", "--model", u2netp_weights, "--png-compression", "10")
+    assert refused.exit_code == 2

@@ -140,3 +140,17 @@ def test_empty_and_invalid_requests(tmp_path: Path) -> None:
         synthesize_dataset(str(tmp_path), -1)
     with pytest.raises(ValueError):
         synthesize_dataset(str(tmp_path), 2, size=(16, 16))
+
+
+def test_cli_synth_writes_the_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from cutout.cli import app
+
+    result = CliRunner().invoke(
+        app, ["data", "synth", str(tmp_path / "d"), "--count", "6", "--size", "64", "96"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 6 pairs" in result.output
+    with Image.open(tmp_path / "d" / "images" / "synth-000005.jpg") as photo:
+        assert photo.size == (64, 96)

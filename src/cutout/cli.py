@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -13,7 +15,19 @@ from cutout import __version__
 app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a model for other runtimes.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+data_app = typer.Typer(help="Data steps: synthesise, clean, cluster, augment. Local paths or s3:// URIs.",
+                       no_args_is_help=True)  # fmt: skip
+app.add_typer(data_app, name="data")
 console = Console(stderr=True)
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr; yields the function that advances it by one."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
 
 
 def _version(value: bool) -> None:
@@ -63,19 +77,14 @@ def remove(
     from cutout.remove import RemoveOptions, collect_inputs, remove_backgrounds
 
     try:
-        options = RemoveOptions(
-            mask_only, parse_color(bg_color) if bg_color else None, crop, output_format, batch_size
-        )
+        colour = parse_color(bg_color) if bg_color else None
+        options = RemoveOptions(mask_only, colour, crop, output_format, batch_size, png_compression)
         predictor = load_predictor(model, threads=threads)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     photos, missing = collect_inputs(inputs)
-    with Progress(TextColumn("cutting out"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console) as progress:  # fmt: skip
-        task = progress.add_task("remove", total=len(photos))
-        summary = remove_backgrounds(
-            photos, out, predictor, options, on_done=lambda _: progress.advance(task)
-        )
+    with _progress("cutting out", len(photos)) as advance:
+        summary = remove_backgrounds(photos, out, predictor, options, on_done=lambda _: advance())
     failures = missing + summary.failures
     _print_failures(failures)
     console.print(
@@ -109,6 +118,25 @@ def export_onnx(
     except (ValueError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     console.print(f"wrote {out}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[str, typer.Argument(help="Dataset folder or s3:// prefix to write.")],
+    count: Annotated[int, typer.Option(min=0, help="Number of photo/mask pairs.")] = 600,
+    size: Annotated[tuple[int, int], typer.Option(help="Width and height in pixels.")] = (320, 320),
+    seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
+) -> None:
+    """Synthesise studio product photos with exact masks, six product types (the embedded default)."""
+    from cutout.data.synth import synthesize_dataset
+
+    try:
+        with _progress("synthesising", count) as advance:
+            summary = synthesize_dataset(out, count, size=size, seed=seed, on_progress=advance)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    per_type = ", ".join(f"{name} {n}" for name, n in summary.per_type.items())
+    console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
 
 if __name__ == "__main__":
