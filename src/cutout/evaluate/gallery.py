@@ -14,7 +14,7 @@ from PIL import Image
 from cutout.data.io import encode_image
 from cutout.platform import storage
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; } td, th { padding: 6px; text-align: center; vertical-align: top; }
 img { max-height: 240px; max-width: 240px; display: block; margin: auto; }
@@ -40,7 +40,7 @@ def _thumbnail(image: Image.Image, size: int = 480) -> Image.Image:
 def write_gallery(folder: str, title: str, rows: list[GalleryRow], summary: str = "") -> str:
     """Write `index.html` and its thumbnails into `folder`; return the page's path or URI."""
     columns = list(rows[0].images) if rows else []
-    head = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"
+    head = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
     lines = [head, f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p><table><tr><th></th>"]
     lines += [f"<th>{html.escape(name)}</th>" for name in columns] + ["</tr>"]
     for index, row in enumerate(rows):

@@ -52,7 +52,7 @@ def train_one_epoch(
         images, masks = _to_device(batch, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = criterion(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()  # set_to_none is the default; Horovod's optimizer takes no arguments
         loss.backward()
         optimizer.step()
         if scheduler is not None:

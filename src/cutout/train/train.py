@@ -1,0 +1,227 @@
+"""Train U²-Net on a prepared dataset: alone, under `horovodrun -np N`, or as an MPIJob's command.
+
+The shape of torchvision's reference scripts: `get_dataset`, `get_loaders`, `get_optimizer`,
+`get_scheduler`, `main(args)`, `get_args_parser()`. The loop itself is in `engine.py`; every Horovod
+call is in `distributed.py`; only rank 0 logs and saves.
+
+Learning-rate schedule: linear warm-up (the rate is scaled by the number of workers, and a large rate
+at step 0 can wreck batch-norm statistics), then cosine decay to zero. Cosine rather than
+reduce-on-plateau: it needs no noisy validation signal, and it is a pure function of the step, so a
+resumed job follows exactly the schedule the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from cutout.data.dataset import PairDataset
+from cutout.data.transforms import eval_transform, train_transform
+from cutout.model import build_model, load_weights
+from cutout.train import checkpoint as ckpt
+from cutout.train import distributed
+from cutout.train.engine import evaluate, train_one_epoch
+from cutout.train.tracking import TrainingTracker
+
+
+@dataclass
+class Training:
+    """What the epoch loop works on."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+
+def get_dataset(args: argparse.Namespace, train: bool) -> PairDataset:
+    """The train or validation pairs: the `split` field of `--data`, or `--val-data` for validation."""
+    if train:
+        transform = train_transform(args.input_size, args.crop)
+        return PairDataset(args.data, transform, split=None if args.val_data else "train")
+    transform = eval_transform(args.input_size)
+    return (
+        PairDataset(args.val_data, transform) if args.val_data else PairDataset(args.data, transform, "val")
+    )
+
+
+def get_loaders(args: argparse.Namespace, workers: distributed.Workers, device: torch.device):
+    """Sharded loaders: DataLoader workers and pinned memory keep a GPU fed."""
+    train_set, val_set = get_dataset(args, train=True), get_dataset(args, train=False)
+    sampler = distributed.train_sampler(train_set, workers, args.seed)
+    options = {"num_workers": args.loader_workers, "pin_memory": device.type == "cuda",
+               "persistent_workers": args.loader_workers > 0}  # fmt: skip
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **options
+    )
+    val_shard = distributed.validation_shard(val_set, workers)
+    return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **options)
+
+
+def get_optimizer(model: torch.nn.Module, args: argparse.Namespace, workers: distributed.Workers):
+    """Adam at `lr` × workers (the effective batch grows with them), averaged across workers."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr * workers.size)
+    return distributed.distributed_optimizer(optimizer, model)
+
+
+def get_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int):
+    """Linear warm-up over `--warmup-epochs`, then cosine decay, stepped every batch."""
+    total = max(args.epochs * steps_per_epoch, 1)
+    warmup = min(round(args.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def get_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """A new model, or official/our weights to fine-tune from (`--pretrained`)."""
+    model = load_weights(args.pretrained, variant=args.model) if args.pretrained else build_model(args.model)
+    # Weights stay contiguous: Horovod allreduces gradients in place and refuses channels_last tensors.
+    # The inputs are channels_last (engine.py), which is enough for convolutions to pick NHWC kernels.
+    return model.to(device)
+
+
+def pick_device(requested: str, workers: distributed.Workers) -> torch.device:
+    """`auto`: this worker's GPU when there is one (one GPU per worker), else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        torch.cuda.set_device(workers.local_rank)
+        return torch.device("cuda", workers.local_rank)
+    return torch.device(requested)
+
+
+def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
+    """bf16 mixed precision where the GPU supports it; full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def resume(
+    training: Training, args: argparse.Namespace, workers: distributed.Workers
+) -> tuple[int, list[dict]]:
+    """Continue from the last checkpoint if there is one; return the first epoch to run and the history."""
+    uri = ckpt.last_checkpoint(args.checkpoint_dir) if args.resume else None
+    if uri is None:
+        return 1, []
+    state_dict, state = ckpt.load_training_state(uri)
+    training.model.load_state_dict(state_dict)
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    ckpt.restore_rng_state(state["rng_states"][workers.rank])
+    return state["epoch"] + 1, state["history"]
+
+
+def run_epoch(training: Training, epoch: int, workers: distributed.Workers) -> dict:
+    """Train one epoch, validate, and average the metrics over all workers."""
+    training.train_loader.sampler.set_epoch(epoch)
+    train_loss = train_one_epoch(training.model, training.train_loader, training.optimizer, training.device,
+                                 training.autocast_dtype, training.scheduler)  # fmt: skip
+    distributed.average_buffers(training.model)
+    sums = evaluate(training.model, training.val_loader, training.device)
+    sums["train_loss_sum"] = train_loss
+    total = distributed.sum_across_workers(sums)
+    count = max(total["count"], 1.0)
+    return {"epoch": epoch, "train_loss": total["train_loss_sum"] / workers.size,
+            "val_loss": total["loss_sum"] / count, "val_iou": total["iou_sum"] / count,
+            "lr": training.scheduler.get_last_lr()[0]}  # fmt: skip
+
+
+def save_epoch(training: Training, args: argparse.Namespace, epoch: int, history: list[dict],
+               workers: distributed.Workers) -> None:  # fmt: skip
+    """Every worker hands its RNG state to rank 0, which writes the checkpoint."""
+    rng_states = distributed.gather_objects(ckpt.rng_state())
+    if workers.is_root:
+        ckpt.save_training_state(args.checkpoint_dir, model=training.model, variant=args.model,
+                                 input_size=args.input_size, optimizer=training.optimizer,
+                                 scheduler=training.scheduler, epoch=epoch, history=history,
+                                 rng_states=rng_states)  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    """Train, validating and checkpointing after every epoch; return the per-epoch metrics."""
+    return train(args)[1]
+
+
+def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
+    """Like `main`, also returning the trained state (tests compare it across workers)."""
+    workers = distributed.init()
+    torch.manual_seed(args.seed + workers.rank)  # each worker augments differently, repeatably
+    device = pick_device(args.device, workers)
+    model = get_model(args, device)
+    train_loader, val_loader = get_loaders(args, workers, device)
+    optimizer = get_optimizer(model, args, workers)
+    training = Training(model, optimizer, get_scheduler(optimizer, args, len(train_loader)), train_loader,
+                        val_loader, device, autocast_dtype_for(device))  # fmt: skip
+    first_epoch, history = resume(training, args, workers)
+    distributed.broadcast_state(model, optimizer)
+    tracker = TrainingTracker.for_rank(workers, args)
+    for epoch in range(first_epoch, args.epochs + 1):
+        history.append(run_epoch(training, epoch, workers))
+        save_epoch(training, args, epoch, history, workers)
+        tracker.log_epoch(history[-1])
+    tracker.finish(ckpt.last_checkpoint(args.checkpoint_dir) if workers.is_root else None, history)
+    return training, history
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train U²-Net (alone, or under horovodrun / an MPIJob).")
+    parser.add_argument("data", help="prepared dataset (folder or s3://) with a train/val `split` field")
+    parser.add_argument("--val-data", help="a separate validation dataset (instead of the `val` split)")
+    parser.add_argument("--model", choices=["u2net", "u2netp"], default="u2net")
+    parser.add_argument("--pretrained", help="official .pth or a cutout checkpoint to fine-tune from")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=10, help="per worker (10 × workers in all)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="per worker; scaled by the number of workers")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--input-size", type=int, default=320, help="photos are resized to this square")
+    parser.add_argument("--crop", type=int, default=288, help="random crop for training")
+    parser.add_argument("--checkpoint-dir", default=".cutout/checkpoints", help="local or s3://")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader processes per worker")
+    parser.add_argument("--workers", type=int, default=1, help="run this many local Horovod workers for you")
+    parser.add_argument("--find-batch-size", action="store_true", help="probe the largest batch that fits")
+    TrainingTracker.add_arguments(parser)
+    return parser
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Parse, then train here, or relaunch under `horovodrun` when `--workers N` asks for it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    if args.find_batch_size:
+        from cutout.train.batch_size import report_largest_batch
+
+        return report_largest_batch(args)
+    if args.workers > 1 and not distributed.launched_by_horovod():
+        return distributed.run_local_workers(args.workers, _without_workers_flag(argv))
+    main(args)
+    return 0
+
+
+def _without_workers_flag(argv: list[str]) -> list[str]:
+    cleaned, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            cleaned.append(arg)
+    return cleaned

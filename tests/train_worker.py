@@ -1,0 +1,31 @@
+"""Run under `horovodrun` by test_train.py: train, then report what each rank ended with, as JSON."""
+
+import hashlib
+import json
+import sys
+
+import torch
+
+from cutout.train.distributed import init
+from cutout.train.engine import evaluate
+from cutout.train.train import get_args_parser, train
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    training, history = train(get_args_parser().parse_args(sys.argv[1:]))
+    local = evaluate(training.model, training.val_loader, training.device)  # this rank's shard only
+    report = {
+        "rank": init().rank,
+        "weights": weights_digest(training.model),
+        "local": local,
+        "last": history[-1],
+    }
+    print("REPORT " + json.dumps(report), flush=True)
