@@ -40,7 +40,8 @@ def data(tmp_path_factory):
 
 def train_args(data, out, epochs):
     return [str(data / "train"), "--val-data", str(data / "val"), "--epochs", str(epochs), *TINY,
-            "--checkpoint-dir", str(out / "checkpoints"), "--log-dir", str(out / "tb")]  # fmt: skip
+            "--checkpoint-dir", str(out / "checkpoints"), "--log-dir", str(out / "tb"),
+            "--no-tracking"]  # fmt: skip
 
 
 def reports(output: str) -> dict[int, dict]:
@@ -135,3 +136,28 @@ def test_find_batch_size_reports_a_number():
     result = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip().rsplit(": ", 1)[1]) >= 1
+
+
+def test_training_is_tracked_in_mlflow(data, mlflow_local):
+    from mlflow.tracking import MlflowClient
+
+    from cutout.platform.tracking import configure_tracking, manifest_hash
+
+    args = [a for a in train_args(data, mlflow_local, 2) if a != "--no-tracking"]
+    args += ["--run-info", str(mlflow_local / "run.json")]
+    result = subprocess.run([sys.executable, "-m", "cutout.train", *args], capture_output=True, text=True,
+                            timeout=600, cwd=mlflow_local)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch   2" in result.stdout  # progress, one line per epoch
+    info = json.loads((mlflow_local / "run.json").read_text())
+    assert info["model_uri"].startswith("models:/")
+
+    configure_tracking()  # the embedded default under this folder, as the training used
+    client = MlflowClient()
+    run = client.get_run(info["run_id"])
+    assert run.data.params["model"] == "u2netp" and run.data.params["epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_iou")] == [1, 2]
+    assert run.data.tags["variant"] == "u2netp"
+    assert run.data.tags["data_manifest_sha256"] == manifest_hash(str(data / "train"))
+    assert "git_commit" in run.data.tags
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "tensorboard")]

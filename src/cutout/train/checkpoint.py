@@ -40,12 +40,13 @@ def last_checkpoint(checkpoint_dir: str) -> str | None:
 
 def save_training_state(checkpoint_dir: str, *, model: torch.nn.Module, variant: str, input_size: int,
                         optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
-                        history: list[dict], rng_states: list[dict]) -> str:  # fmt: skip
+                        history: list[dict], rng_states: list[dict],
+                        mlflow_run_id: str | None = None) -> str:  # fmt: skip
     """Write `last.pt` (replacing the previous one whole) and return its URI."""
     uri = storage.join(checkpoint_dir, LAST)
     save_checkpoint(uri, model, variant, input_size=input_size, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), epoch=epoch, history=history,
-                    rng_states=rng_states)  # fmt: skip
+                    rng_states=rng_states, mlflow_run_id=mlflow_run_id)  # fmt: skip
     return uri
 
 

@@ -1,37 +1,69 @@
-"""What rank 0 records while training: TensorBoard events, and (when tracking is on) an MLflow run.
+"""What rank 0 records while training: TensorBoard events and an MLflow run (params, per-epoch metrics,
+the TensorBoard logs, the trained model with its tags).
 
-Other ranks get a tracker that records nothing, so the training loop never asks who it is.
+Other ranks get a tracker that records nothing, so the training loop never asks who it is. A resumed
+job continues the MLflow run of the job it replaces (the run id travels in the checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from cutout.platform import storage
 from cutout.train.distributed import Workers
+
+PARAMS = ("data", "val_data", "model", "pretrained", "epochs", "batch_size", "lr", "warmup_epochs",
+          "input_size", "crop", "seed", "workers")  # fmt: skip
 
 
 class TrainingTracker:
-    """Rank 0's recorder: per-epoch loss, learning rate and IoU to TensorBoard."""
+    """Rank 0's recorder; `None` folders and runs make it silent."""
 
-    def __init__(self, log_dir: Path | None):
-        self.log_dir = log_dir
+    def __init__(self, args: argparse.Namespace | None, run_id: str | None = None, workers: int = 1):
+        self.args = args
         self.writer = None
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+        self.run_id = None
+        if args is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(args.log_dir)
+        if args.tracking:
+            self.run_id = self._start_run(args, run_id, workers)
+
+    @staticmethod
+    def _start_run(args: argparse.Namespace, run_id: str | None, workers: int) -> str:
+        import mlflow
+
+        from cutout.platform import tracking
+
+        tracking.configure_tracking(args.tracking_uri)
+        if run_id is not None:  # a restarted job: same run, metrics continue where they stopped
+            return mlflow.start_run(run_id=run_id).info.run_id
+        run = tracking.start_run(args.run_name, tags=tracking.run_tags(args.data, args.model))
+        tracking.log_params({name: getattr(args, name) for name in PARAMS} | {"workers": workers})
+        return run.info.run_id
 
     @classmethod
-    def for_rank(cls, workers: Workers, args: argparse.Namespace) -> TrainingTracker:
+    def for_rank(
+        cls, workers: Workers, args: argparse.Namespace, run_id: str | None = None
+    ) -> TrainingTracker:
         """A recording tracker on rank 0, a silent one elsewhere."""
-        return cls(Path(args.log_dir) if workers.is_root else None)
+        return cls(args if workers.is_root else None, run_id, workers.size)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--log-dir", default=".cutout/tensorboard", help="TensorBoard event folder (local)"
         )
+        parser.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True,
+                            help="log the run to MLflow (default: on)")  # fmt: skip
+        where = "MLflow server or database (default: $MLFLOW_TRACKING_URI, else .cutout/mlflow.db)"
+        parser.add_argument("--tracking-uri", help=where)
+        parser.add_argument("--run-name", help="MLflow run name")
+        parser.add_argument("--run-info", help="write the run id, model URI and checkpoint here as JSON")
 
     def log_epoch(self, metrics: dict) -> None:
         """One epoch's metrics, at step = epoch."""
@@ -40,11 +72,34 @@ class TrainingTracker:
         print(f"epoch {metrics['epoch']:3d}  train loss {metrics['train_loss']:.4f}  "
               f"val loss {metrics['val_loss']:.4f}  val IoU {metrics['val_iou']:.4f}  lr {metrics['lr']:.2e}",
               flush=True)  # fmt: skip
-        for name in ("train_loss", "val_loss", "val_iou", "lr"):
-            self.writer.add_scalar(name, metrics[name], metrics["epoch"])
+        values = {name: metrics[name] for name in ("train_loss", "val_loss", "val_iou", "lr")}
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, metrics["epoch"])
         self.writer.flush()
+        if self.run_id is not None:
+            from cutout.platform.tracking import log_epoch_metrics
 
-    def finish(self, checkpoint: str | None, history: list[dict]) -> None:
-        """Close the event files."""
-        if self.writer is not None:
-            self.writer.close()
+            log_epoch_metrics(values, metrics["epoch"])
+
+    def finish(self, checkpoint: str | None) -> None:
+        """Close the event files; log them and the trained model to the run; say where everything is."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        info = {"checkpoint": checkpoint, "run_id": self.run_id, "model_uri": None}
+        if self.run_id is not None:
+            info["model_uri"] = self._log_outputs(checkpoint)
+        print("trained: " + json.dumps(info), flush=True)
+        if self.args.run_info:
+            storage.write_text(self.args.run_info, json.dumps(info, indent=2))
+
+    def _log_outputs(self, checkpoint: str | None) -> str | None:
+        import mlflow
+
+        from cutout.platform.registry import log_model
+        from cutout.platform.tracking import log_tensorboard
+
+        log_tensorboard(Path(self.args.log_dir))
+        model_uri = log_model(checkpoint, run_id=self.run_id) if checkpoint else None
+        mlflow.end_run()
+        return model_uri

@@ -113,17 +113,21 @@ def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
 
 def resume(
     training: Training, args: argparse.Namespace, workers: distributed.Workers
-) -> tuple[int, list[dict]]:
-    """Continue from the last checkpoint if there is one; return the first epoch to run and the history."""
+) -> tuple[int, list[dict], str | None]:
+    """Continue from the last checkpoint if there is one.
+
+    Returns:
+        The first epoch to run, the history so far, and the MLflow run to continue (None: a new one).
+    """
     uri = ckpt.last_checkpoint(args.checkpoint_dir) if args.resume else None
     if uri is None:
-        return 1, []
+        return 1, [], None
     state_dict, state = ckpt.load_training_state(uri)
     training.model.load_state_dict(state_dict)
     training.optimizer.load_state_dict(state["optimizer"])
     training.scheduler.load_state_dict(state["scheduler"])
     ckpt.restore_rng_state(state["rng_states"][workers.rank])
-    return state["epoch"] + 1, state["history"]
+    return state["epoch"] + 1, state["history"], state.get("mlflow_run_id")
 
 
 def run_epoch(training: Training, epoch: int, workers: distributed.Workers) -> dict:
@@ -142,14 +146,14 @@ def run_epoch(training: Training, epoch: int, workers: distributed.Workers) -> d
 
 
 def save_epoch(training: Training, args: argparse.Namespace, epoch: int, history: list[dict],
-               workers: distributed.Workers) -> None:  # fmt: skip
+               workers: distributed.Workers, run_id: str | None) -> None:  # fmt: skip
     """Every worker hands its RNG state to rank 0, which writes the checkpoint."""
     rng_states = distributed.gather_objects(ckpt.rng_state())
     if workers.is_root:
         ckpt.save_training_state(args.checkpoint_dir, model=training.model, variant=args.model,
                                  input_size=args.input_size, optimizer=training.optimizer,
                                  scheduler=training.scheduler, epoch=epoch, history=history,
-                                 rng_states=rng_states)  # fmt: skip
+                                 rng_states=rng_states, mlflow_run_id=run_id)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -167,14 +171,14 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
     optimizer = get_optimizer(model, args, workers)
     training = Training(model, optimizer, get_scheduler(optimizer, args, len(train_loader)), train_loader,
                         val_loader, device, autocast_dtype_for(device))  # fmt: skip
-    first_epoch, history = resume(training, args, workers)
+    first_epoch, history, run_id = resume(training, args, workers)
     distributed.broadcast_state(model, optimizer)
-    tracker = TrainingTracker.for_rank(workers, args)
+    tracker = TrainingTracker.for_rank(workers, args, run_id)
     for epoch in range(first_epoch, args.epochs + 1):
         history.append(run_epoch(training, epoch, workers))
-        save_epoch(training, args, epoch, history, workers)
+        save_epoch(training, args, epoch, history, workers, tracker.run_id)
         tracker.log_epoch(history[-1])
-    tracker.finish(ckpt.last_checkpoint(args.checkpoint_dir) if workers.is_root else None, history)
+    tracker.finish(ckpt.last_checkpoint(args.checkpoint_dir) if workers.is_root else None)
     return training, history
 
 
