@@ -297,3 +297,29 @@ def test_evaluate_model_scores_a_perfect_prediction_perfectly(
 def test_evaluate_model_refuses_an_empty_selection(dataset: Path, checkpoint: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="no pairs to evaluate in split 'test'"):
         evaluate_model(str(checkpoint), str(dataset), str(tmp_path / "report"), split="test")
+
+
+def test_cli_evaluate_writes_metrics_and_report(tmp_path, u2netp_weights):
+    from typer.testing import CliRunner
+
+    from cutout.cli import app
+    from cutout.data.synth import synthesize_dataset
+
+    synthesize_dataset(str(tmp_path / "data"), 3, size=(64, 64))
+    args = [
+        "evaluate",
+        "--model",
+        str(u2netp_weights),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 pairs: mean_iou" in result.output
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["count"] == 3
+    missing = CliRunner().invoke(
+        app, [*args[:4], "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
+    )
+    assert missing.exit_code == 2 and "nowhere" in missing.output

@@ -139,5 +139,89 @@ def data_synth(
     console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def train(context: typer.Context) -> None:
+    """Train U²-Net: alone, or `--workers N` local Horovod workers (see `cutout train --help`)."""
+    from cutout.train.train import cli as train_cli
+
+    raise typer.Exit(code=train_cli(context.args))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Checkpoint, .onnx, or models:/NAME@ALIAS.")],
+    data: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
+    out: Annotated[str, typer.Option(help="Report folder or s3:// prefix.")],
+    split: Annotated[
+        str | None, typer.Option(help="Which split; all pairs if the manifest has none.")
+    ] = "val",
+    run_id: Annotated[str | None, typer.Option(help="Also log the report to this MLflow run.")] = None,
+) -> None:
+    """IoU (overall, per cluster), MAE, max F-beta, boundary IoU; metrics.json and an HTML report."""
+    from cutout.evaluate.evaluation import evaluate_model
+
+    try:
+        with _progress("evaluating", None) as advance:
+            result = evaluate_model(model, data, out, split=split, on_progress=advance)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    if run_id:
+        _log_report(run_id, out, result.metrics)
+    figures = ", ".join(
+        f"{k} {result.metrics[k]:.4f}" for k in ("mean_iou", "iou_ge_0.95", "mean_boundary_iou")
+    )
+    console.print(f"{result.metrics['count']} pairs: {figures}\nreport: {result.report}")
+
+
+def _log_report(run_id: str, report: str, metrics: dict) -> None:
+    import mlflow
+
+    from cutout.platform.tracking import configure_tracking, log_report
+
+    configure_tracking()
+    with mlflow.start_run(run_id=run_id):
+        log_report(report)
+        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
+
+
+@app.command()
+def register(
+    run_id: Annotated[str, typer.Option(help="The training run that logged the model.")],
+    metrics: Annotated[str, typer.Option(help="metrics.json from `cutout evaluate`.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    holdout: Annotated[
+        str | None, typer.Option(help="The evaluation dataset (its manifest hash is kept).")
+    ] = None,
+) -> None:
+    """Register the run's model as a new version, with its evaluation metrics."""
+    import json
+
+    from cutout.platform import storage
+    from cutout.platform.registry import register_model
+    from cutout.platform.tracking import manifest_hash
+
+    scores = {k: v for k, v in json.loads(storage.read_text(metrics)).items() if isinstance(v, int | float)}
+    version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
+    print(version)
+    console.print(f"registered {name} version {version}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="The candidate version.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    metric: Annotated[str, typer.Option(help="The metric the gate compares.")] = "mean_iou",
+    margin: Annotated[float, typer.Option(help="How much better than the champion it must be.")] = 0.0,
+) -> None:
+    """Make a version the champion if it scores at least the current champion's (+ margin)."""
+    from cutout.platform.registry import promote as promote_version
+
+    decision = promote_version(name, version, metric=metric, margin=margin)
+    verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
+    console.print(f"{name} version {version}: {verdict}: {decision.reason}")
+
+
 if __name__ == "__main__":
     app()

@@ -183,7 +183,9 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train U²-Net (alone, or under horovodrun / an MPIJob).")
+    parser = argparse.ArgumentParser(
+        prog="cutout train", description="Train U²-Net (alone, or under horovodrun / an MPIJob)."
+    )
     parser.add_argument("data", help="prepared dataset (folder or s3://) with a train/val `split` field")
     parser.add_argument("--val-data", help="a separate validation dataset (instead of the `val` split)")
     parser.add_argument("--model", choices=["u2net", "u2netp"], default="u2net")
