@@ -135,3 +135,13 @@ def test_png_compression_level_reaches_the_encoder(photo_folder, tmp_path, u2net
     assert sizes["9"] < sizes["0"] / 2  # level 0 stores the pixels uncompressed
     refused = run(photo_folder, "-o", tmp_path / "x", "--model", u2netp_weights, "--png-compression", "10")
     assert refused.exit_code == 2
+
+
+def test_a_whole_bucket_is_a_folder_of_photos(s3_bucket, u2netp_weights, tmp_path):
+    from cutout.platform import storage
+
+    product_photo().save(tmp_path / "p.jpg")
+    storage.copy(tmp_path / "p.jpg", f"{s3_bucket}/p.jpg")
+    result = run(s3_bucket, f"{s3_bucket}/", "-o", tmp_path / "out", "--model", u2netp_weights)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p-2.png", "p.png"]

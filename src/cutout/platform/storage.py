@@ -158,10 +158,12 @@ def write_text(uri: PathLike, text: str, encoding: str = "utf-8") -> None:
 
 
 def exists(uri: PathLike) -> bool:
-    """Tell whether an object (S3) or a file/folder (local) exists."""
+    """Tell whether an object (S3) or a file/folder (local) exists; an S3 prefix names no object."""
     if not is_s3(uri):
         return os.path.exists(uri)
-    bucket, key = _object(uri)
+    bucket, key = split_s3(uri)
+    if not key or key.endswith("/"):
+        return False
     try:
         with _missing_as_fnf(uri):
             s3_client().head_object(Bucket=bucket, Key=key)
