@@ -59,8 +59,9 @@ class DatasetWriter:
         """Write one pair's files and its manifest record (`record` has an `id`; paths are added)."""
         pair_id = record["id"]
         record = {**record, "image": f"images/{pair_id}.{image_ext}", "mask": f"masks/{pair_id}.png"}
-        storage.write_bytes(storage.join(self.out, record["image"]), image)
-        storage.write_bytes(storage.join(self.out, record["mask"]), mask_png)
+        # Not synced one by one: the manifest, written durably at the end, is what vouches for them.
+        storage.write_bytes(storage.join(self.out, record["image"]), image, durable=False)
+        storage.write_bytes(storage.join(self.out, record["mask"]), mask_png, durable=False)
         self._manifest.write(json.dumps(record) + "\n")
         self.kept += 1
         return record

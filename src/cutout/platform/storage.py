@@ -116,11 +116,13 @@ def read_text(uri: PathLike, encoding: str = "utf-8") -> str:
 
 
 @contextlib.contextmanager
-def _atomic_local(path: PathLike) -> Iterator[str]:
-    """Yield a temp path beside ``path``; on success fsync it and move it over ``path`` in one step.
+def _atomic_local(path: PathLike, durable: bool = True) -> Iterator[str]:
+    """Yield a temp path beside ``path``; on success (fsync it and) move it over ``path`` in one step.
 
     Same folder because ``os.replace`` is only atomic within one filesystem. On failure the temp
-    file is removed and ``path`` is left untouched.
+    file is removed and ``path`` is left untouched. Without ``durable`` the rename is still atomic for
+    readers, but a power cut may leave an empty file: fine for files that a later, durable write (a
+    dataset's manifest) vouches for.
     """
     target = os.path.abspath(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -129,11 +131,12 @@ def _atomic_local(path: PathLike) -> Iterator[str]:
     )
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data must be on disk before the rename makes it visible
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the data must be on disk before the rename makes it visible
+            finally:
+                os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -141,14 +144,18 @@ def _atomic_local(path: PathLike) -> Iterator[str]:
         raise
 
 
-def write_bytes(uri: PathLike, data: bytes) -> None:
-    """Write ``data`` atomically, creating parent folders for local paths."""
+def write_bytes(uri: PathLike, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` atomically, creating parent folders for local paths.
+
+    ``durable=False`` skips the fsync of local files (see `_atomic_local`): a dataset step writes
+    thousands of pair files, and syncing each one took most of its time.
+    """
     if is_s3(uri):
         bucket, key = _object(uri)
         # A single PUT is atomic in S3: readers get the old object or the new one, never a part.
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    with _atomic_local(uri) as tmp, open(tmp, "xb") as f:  # "x": plain mode, so umask applies
+    with _atomic_local(uri, durable) as tmp, open(tmp, "xb") as f:  # "x": plain mode, so umask applies
         f.write(data)
 
 
