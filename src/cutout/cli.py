@@ -139,6 +139,32 @@ def data_synth(
     console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
 
+@data_app.command("augment")
+def data_augment(
+    src: Annotated[str, typer.Argument(help="Clustered dataset (folder or s3://).")],
+    dst: Annotated[str, typer.Argument(help="Where to write the augmented dataset.")],
+    copies: Annotated[int, typer.Option(min=0, help="Variants per training pair (before balancing).")] = 2,
+    backgrounds: Annotated[
+        str | None, typer.Option(help="Folder of background photos to composite onto.")
+    ] = None,
+    balance: Annotated[
+        bool, typer.Option(help="Oversample small clusters to the largest one's size.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Same seed, same output.")] = 0,
+) -> None:
+    """Crops that keep the product, new backgrounds, several products in a frame, flips; balanced clusters."""
+    from cutout.data.augment import augment_dataset
+
+    try:
+        with _progress("augmenting", None) as advance:
+            summary = augment_dataset(src, dst, copies, backgrounds, balance, seed, on_progress=advance)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    per_cluster = ", ".join(f"{name} {n}" for name, n in summary.train_after.items())
+    console.print(f"wrote {summary.written} pairs to {dst} ({summary.rejected} rejected); training pairs per "
+                  f"cluster: {per_cluster}")  # fmt: skip
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
 )
