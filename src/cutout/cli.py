@@ -139,6 +139,35 @@ def data_synth(
     console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
 
+@data_app.command("cluster")
+def data_cluster(
+    src: Annotated[str, typer.Argument(help="Cleaned dataset (folder or s3://).")],
+    dst: Annotated[str, typer.Argument(help="Where to write the clustered dataset.")],
+    k: Annotated[int, typer.Option(min=2, help="Number of clusters (the light-coloured one included).")] = 6,
+    overrides: Annotated[
+        str | None, typer.Option(help="JSON or CSV of id → product type, applied last.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of each cluster for validation.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Same seed, same clusters.")] = 0,
+) -> None:
+    """Group pairs into the six product types (k-means, then overrides), split train/val, contact sheet."""
+    from cutout.data.cluster import cluster_dataset
+
+    try:
+        with _progress("clustering", None) as advance:
+            summary = cluster_dataset(src, dst, k, overrides, val_fraction, seed, on_progress=advance)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    sizes = ", ".join(f"{name} {n}" for name, n in summary.sizes.items())
+    console.print(f"{summary.kept} pairs clustered ({summary.rejected} rejected): {sizes}")
+    if summary.purity is not None:
+        console.print(f"against the true types: purity {summary.purity:.3f}, "
+                      f"adjusted Rand index {summary.adjusted_rand_index:.3f}")  # fmt: skip
+    console.print(f"contact sheet: {dst}/report/index.html")
+
+
 @data_app.command("augment")
 def data_augment(
     src: Annotated[str, typer.Argument(help="Clustered dataset (folder or s3://).")],

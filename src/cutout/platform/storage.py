@@ -52,6 +52,17 @@ def reset_clients() -> None:
         _clients.clear()
 
 
+# A forked worker must not inherit its parent's cached clients, whose pooled connections would then
+# carry the requests of several processes at once. (The lock is re-created: it may be held at fork.)
+def _forget_clients_after_fork() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
 def is_s3(uri: PathLike) -> bool:
     """Tell whether ``uri`` is an S3 URI (also true for ``s3:/…`` mangled by pathlib, to reject it)."""
     return os.fspath(uri).startswith("s3:")
