@@ -139,6 +139,26 @@ def data_synth(
     console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
 
+@data_app.command("clean")
+def data_clean(
+    src: Annotated[
+        str, typer.Argument(help="Raw pairs: images/<id>.<ext> and masks/<id>.<ext> (folder or s3://).")
+    ],
+    dst: Annotated[str, typer.Argument(help="Where to write the cleaned dataset.")],
+    size: Annotated[int, typer.Option(min=32, help="Square size photos and masks are resized to.")] = 320,
+) -> None:
+    """Pair, validate, de-duplicate, normalise and resize; every input kept or rejected with a reason."""
+    from cutout.data.clean import clean_dataset
+
+    try:
+        with _progress("cleaning", None) as advance:
+            summary = clean_dataset(src, dst, size, on_progress=advance)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.per_reason.items())) or "none"
+    console.print(f"kept {summary.kept}, rejected {summary.rejected} ({reasons}); see {dst}/rejects.jsonl")
+
+
 @data_app.command("cluster")
 def data_cluster(
     src: Annotated[str, typer.Argument(help="Cleaned dataset (folder or s3://).")],

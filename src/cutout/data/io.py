@@ -434,7 +434,7 @@ class ImageHeader:
         height: Upright height.
         format: The format as Pillow names it (``"JPEG"``, ``"PNG"``, …).
         mode: Pillow's mode for the file as opened, before any conversion (``"CMYK"``, ``"P"``, …).
-        bits: Bits per sample: 16 for 16-bit files, even those Pillow opens as 8-bit ``"RGB"``.
+        bits: Bits per sample: 8, or 16 for deeper files (also those Pillow opens as 8-bit ``"RGB"``).
         orientation: The EXIF orientation tag, 1 when upright.
         transparency: Whether the file has an alpha channel or a transparent colour.
     """
@@ -511,12 +511,12 @@ def to_mask_values(image: Image.Image) -> np.ndarray:
 
 def _header(image: ImageFile.ImageFile) -> ImageHeader:
     """Header facts of an open file; the tile's raw mode tells 16-bit samples Pillow reads as 8-bit."""
+    # Before `_orientation`: reading a PNG's EXIF decodes the image, and decoding empties the tiles.
+    wide = image.mode in _HIGH_DEPTH_MODES or any(";16" in str(tile.args) for tile in image.tile)
     width, height = image.size
     orientation = _orientation(image)
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
-    raw_modes = [str(tile.args) for tile in image.tile]
-    wide = image.mode in _HIGH_DEPTH_MODES or any(";16" in raw for raw in raw_modes)
     return ImageHeader(width=width, height=height, format=str(image.format), mode=image.mode,
                        bits=16 if wide else 8, orientation=orientation,
                        transparency=image.has_transparency_data)  # fmt: skip
