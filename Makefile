@@ -25,7 +25,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/pytest
 
+# Data benchmarks make their inputs once, into ~/.cache/cutout/bench (the first run takes a while longer).
+BENCH_COUNTS ?= 2000 10000
 bench: $(STAMP)
+	$(PY) -m tests.benchmarks.bench_clean --counts $(BENCH_COUNTS)
+	$(PY) -m tests.benchmarks.bench_cluster --counts $(BENCH_COUNTS)
+	$(PY) -m tests.benchmarks.bench_augment --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_inference
 
 lint: $(STAMP)

@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tests.benchmarks.datasets import CACHE, studio_dataset
+from tests.benchmarks.measure import measure_in_subprocess, run_measured
 
 from cutout.data.io import encode_image, mask_to_image, read_image, read_mask
 from cutout.data.manifest import DatasetWriter, read_manifest
@@ -42,28 +38,6 @@ BASE_COUNT = 2000
 # by at least 5% of the frame from each other, far beyond the near-duplicate threshold.
 _CROP_OFFSETS = ((0.0, 0.1), (0.1, 0.0), (0.1, 0.1), (0.05, 0.05))
 _RECOLOURS = ((1, 2, 0), (2, 0, 1), (2, 1, 0), (0, 2, 1))
-
-
-def _status_kib(pid: int | str, field: str) -> int:
-    """A memory field of /proc/<pid>/status in KiB; 0 once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of a process (the worker pool), from /proc/<pid>/task/*/children."""
-    pids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            pids += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return pids
 
 
 # --- the larger inputs -----------------------------------------------------------------------------
@@ -118,55 +92,19 @@ def studio_inputs(count: int) -> Path:
 # --- measuring ---------------------------------------------------------------------------------------
 
 
-def _sample_memory(peaks: dict[str, int], stop: threading.Event) -> None:
-    """Track the parent's and the workers' peaks, and the largest total resident memory."""
-    me = os.getpid()
-    while not stop.wait(0.05):
-        workers = _children(me)
-        hwm = [_status_kib(pid, "VmHWM") for pid in workers]
-        total = _status_kib(me, "VmRSS") + sum(_status_kib(pid, "VmRSS") for pid in workers)
-        peaks["worker_hwm"] = max([peaks["worker_hwm"], *hwm])
-        peaks["total_rss"] = max(peaks["total_rss"], total)
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the worker pool, once shut down)."""
-    usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
-
-
 def measure(src: str) -> dict:
-    """Clean ``src`` into a temporary folder here, and report speed, CPU time and memory.
-
-    CPU milliseconds per pair tell the step's own cost when other jobs share the cores: on an idle
-    machine, 2 cores give at most 2,000 / (ms per pair) pairs per second.
-    """
+    """Clean ``src`` into a temporary folder here, and report speed, CPU time and memory."""
     from cutout.data.clean import clean_dataset  # imported here: its import is part of the footprint
 
-    peaks = {"worker_hwm": 0, "total_rss": 0}
-    stop = threading.Event()
-    sampler = threading.Thread(target=_sample_memory, args=(peaks, stop), daemon=True)
-    sampler.start()
-    with tempfile.TemporaryDirectory(prefix="bench-clean-") as out:
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
-        summary = clean_dataset(src, out)
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    stop.set()
-    sampler.join()
-    pairs = summary.kept + summary.rejected
-    return {"pairs": pairs, "seconds": round(seconds, 1), "pairs_per_s": round(pairs / seconds, 1),
-            "cpu_ms_per_pair": round(cpu / pairs * 1000, 1), "kept": summary.kept,
-            "rejects": summary.per_reason,
-            "parent_hwm_mib": round(_status_kib("self", "VmHWM") / 1024),
-            "worker_hwm_mib": round(peaks["worker_hwm"] / 1024),
-            "total_rss_mib": round(peaks["total_rss"] / 1024)}  # fmt: skip
+    result = {}
 
+    def clean() -> int:
+        with tempfile.TemporaryDirectory(prefix="bench-clean-") as out:
+            summary = clean_dataset(src, out)
+        result.update(kept=summary.kept, rejects=summary.per_reason)
+        return summary.kept + summary.rejected
 
-def measure_in_subprocess(src: Path) -> dict:
-    """`measure` in a fresh interpreter, so that the peaks are the step's own."""
-    command = [sys.executable, "-m", "tests.benchmarks.bench_clean", "--measure", str(src)]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**run_measured(clean), **result}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ("pairs", "seconds", "pairs/s", "cpu ms", "kept", "parent", "worker", "total")
     print(" ".join(f"{name:>8}" for name in header), " rejects")
     for count in args.counts:
-        row = measure_in_subprocess(studio_inputs(count))
+        row = measure_in_subprocess("tests.benchmarks.bench_clean", studio_inputs(count))
         cells = [row[key] for key in ("pairs", "seconds", "pairs_per_s", "cpu_ms_per_pair", "kept")]
         cells += [f"{row[key]}MiB" for key in ("parent_hwm_mib", "worker_hwm_mib", "total_rss_mib")]
         print(" ".join(f"{cell:>8}" for cell in cells), "", row["rejects"], flush=True)

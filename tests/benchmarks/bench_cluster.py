@@ -14,83 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import threading
-import time
-from pathlib import Path
 
 from tests.benchmarks.datasets import studio_dataset
+from tests.benchmarks.measure import measure_in_subprocess, run_measured
 
 SIZE = (320, 320)
-
-
-def _status_kib(pid: int | str, field: str) -> int:
-    """A memory field of /proc/<pid>/status in KiB; 0 once the process is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return next((int(line.split()[1]) for line in lines if line.startswith(field + ":")), 0)
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of a process (the worker pool)."""
-    pids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            pids += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return pids
-
-
-def _sample_memory(peaks: dict[str, int], stop: threading.Event) -> None:
-    """Track the workers' peak and the largest total resident memory of the step's processes."""
-    me = os.getpid()
-    while not stop.wait(0.05):
-        workers = _children(me)
-        total = _status_kib(me, "VmRSS") + sum(_status_kib(pid, "VmRSS") for pid in workers)
-        peaks["worker_hwm"] = max([peaks["worker_hwm"], *(_status_kib(pid, "VmHWM") for pid in workers)])
-        peaks["total_rss"] = max(peaks["total_rss"], total)
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the worker pool, once shut down)."""
-    usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
 def measure(src: str) -> dict:
     """Cluster ``src`` into a temporary folder here; report speed, CPU time, memory and purity."""
     from cutout.data.cluster import cluster_dataset  # imported here: its import is part of the footprint
 
-    peaks = {"worker_hwm": 0, "total_rss": 0}
-    stop = threading.Event()
-    sampler = threading.Thread(target=_sample_memory, args=(peaks, stop), daemon=True)
-    sampler.start()
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as out:
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
-        summary = cluster_dataset(src, out)
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    stop.set()
-    sampler.join()
-    return {"pairs": summary.count, "seconds": round(seconds, 1),
-            "pairs_per_s": round(summary.count / seconds),
-            "cpu_ms_per_pair": round(cpu / summary.count * 1000, 2),
-            "parent_hwm_mib": round(_status_kib("self", "VmHWM") / 1024),
-            "worker_hwm_mib": round(peaks["worker_hwm"] / 1024),
-            "total_rss_mib": round(peaks["total_rss"] / 1024),
-            "purity": summary.purity, "ari": summary.adjusted_rand_index}  # fmt: skip
+    result = {}
 
+    def cluster() -> int:
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as out:
+            summary = cluster_dataset(src, out)
+        result.update(purity=summary.purity, ari=summary.adjusted_rand_index)
+        return summary.count
 
-def measure_in_subprocess(src: Path) -> dict:
-    """`measure` in a fresh interpreter, so that the peaks are the step's own."""
-    command = [sys.executable, "-m", "tests.benchmarks.bench_cluster", "--measure", str(src)]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**run_measured(cluster), **result}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ("pairs", "seconds", "pairs/s", "cpu ms", "parent", "worker", "total", "purity", "ARI")
     print(" ".join(f"{name:>8}" for name in header))
     for count in args.counts:
-        row = measure_in_subprocess(studio_dataset(count, size=SIZE))
+        row = measure_in_subprocess("tests.benchmarks.bench_cluster", studio_dataset(count, size=SIZE))
         cells = [row[key] for key in ("pairs", "seconds", "pairs_per_s", "cpu_ms_per_pair")]
         cells += [f"{row[key]}MiB" for key in ("parent_hwm_mib", "worker_hwm_mib", "total_rss_mib")]
         print(" ".join(f"{cell:>8}" for cell in [*cells, row["purity"], row["ari"]]), flush=True)
