@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from functools import partial
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +20,16 @@ data_app = typer.Typer(help="Data steps: synthesise, clean, cluster, augment. Lo
                        no_args_is_help=True)  # fmt: skip
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _with_progress(label: str, step: Callable[..., T], total: int | None = None) -> T:
+    """Run `step(on_progress=...)` under a progress bar; a bad input is a clear error and exit status 2."""
+    try:
+        with _progress(label, total) as advance:
+            return step(on_progress=advance)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
 
 
 @contextmanager
@@ -130,11 +141,7 @@ def data_synth(
     """Synthesise studio product photos with exact masks, six product types (the embedded default)."""
     from cutout.data.synth import synthesize_dataset
 
-    try:
-        with _progress("synthesising", count) as advance:
-            summary = synthesize_dataset(out, count, size=size, seed=seed, on_progress=advance)
-    except ValueError as error:
-        raise _fail(str(error)) from None
+    summary = _with_progress("synthesising", partial(synthesize_dataset, out, count, size, seed), count)
     per_type = ", ".join(f"{name} {n}" for name, n in summary.per_type.items())
     console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
 
@@ -150,11 +157,7 @@ def data_clean(
     """Pair, validate, de-duplicate, normalise and resize; every input kept or rejected with a reason."""
     from cutout.data.clean import clean_dataset
 
-    try:
-        with _progress("cleaning", None) as advance:
-            summary = clean_dataset(src, dst, size, on_progress=advance)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(str(error)) from None
+    summary = _with_progress("cleaning", partial(clean_dataset, src, dst, size))
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.per_reason.items())) or "none"
     console.print(f"kept {summary.kept}, rejected {summary.rejected} ({reasons}); see {dst}/rejects.jsonl")
 
@@ -175,11 +178,9 @@ def data_cluster(
     """Group pairs into the six product types (k-means, then overrides), split train/val, contact sheet."""
     from cutout.data.cluster import cluster_dataset
 
-    try:
-        with _progress("clustering", None) as advance:
-            summary = cluster_dataset(src, dst, k, overrides, val_fraction, seed, on_progress=advance)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(str(error)) from None
+    summary = _with_progress(
+        "clustering", partial(cluster_dataset, src, dst, k, overrides, val_fraction, seed)
+    )
     sizes = ", ".join(f"{name} {n}" for name, n in summary.sizes.items())
     console.print(f"{summary.kept} pairs clustered ({summary.rejected} rejected): {sizes}")
     if summary.purity is not None:
@@ -204,11 +205,9 @@ def data_augment(
     """Crops that keep the product, new backgrounds, several products in a frame, flips; balanced clusters."""
     from cutout.data.augment import augment_dataset
 
-    try:
-        with _progress("augmenting", None) as advance:
-            summary = augment_dataset(src, dst, copies, backgrounds, balance, seed, on_progress=advance)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(str(error)) from None
+    summary = _with_progress(
+        "augmenting", partial(augment_dataset, src, dst, copies, backgrounds, balance, seed)
+    )
     per_cluster = ", ".join(f"{name} {n}" for name, n in summary.train_after.items())
     console.print(f"wrote {summary.written} pairs to {dst} ({summary.rejected} rejected); training pairs per "
                   f"cluster: {per_cluster}")  # fmt: skip
@@ -237,11 +236,7 @@ def evaluate(
     """IoU (overall, per cluster), MAE, max F-beta, boundary IoU; metrics.json and an HTML report."""
     from cutout.evaluate.evaluation import evaluate_model
 
-    try:
-        with _progress("evaluating", None) as advance:
-            result = evaluate_model(model, data, out, split=split, on_progress=advance)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(str(error)) from None
+    result = _with_progress("evaluating", partial(evaluate_model, model, data, out, split))
     if run_id:
         _log_report(run_id, out, result.metrics)
     figures = ", ".join(
