@@ -37,6 +37,8 @@ def init() -> Workers:
     import horovod.torch as hvd
 
     hvd.init()  # Horovod: join the other workers (or run alone)
+    if hvd.local_size() > 1:  # Horovod: workers sharing this machine share its cores, not each take all
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // hvd.local_size()))
     return Workers(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank())  # Horovod: ranks
 
 
