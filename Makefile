@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_clean --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_cluster --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_augment --counts $(BENCH_COUNTS)
+	$(PY) -m tests.benchmarks.bench_train
 	$(PY) -m tests.benchmarks.bench_inference
 
 lint: $(STAMP)
