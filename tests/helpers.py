@@ -41,3 +41,11 @@ def product_photo(width: int = 200, height: int = 300, seed: int = 0) -> Image.I
     colour = tuple(int(c) for c in rng.integers(20, 160, size=3))
     ImageDraw.Draw(image).ellipse((width * 0.25, height * 0.2, width * 0.75, height * 0.85), fill=colour)
     return image
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path: equal before and after = input untouched."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip

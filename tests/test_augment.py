@@ -3,7 +3,6 @@ validation passes through, the output depends only on the seed, and the input is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -20,6 +19,7 @@ from cutout.data.io import encode_image, mask_to_image, read_image
 from cutout.data.manifest import DatasetWriter, read_jsonl, read_manifest
 from cutout.data.synth import PRODUCT_TYPES, synthesize_dataset
 from cutout.platform import storage
+from helpers import tree_digest
 
 PRODUCT = np.array([30, 160, 60])  # a flat green product on a flat off-white backdrop
 BACKDROP = np.array([235, 235, 228])
@@ -69,11 +69,6 @@ def _outputs(dataset: Path) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     return pairs
 
 
-def _file_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
 def _grow(mask: np.ndarray, pixels: int = 1) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 0
 
@@ -106,7 +101,7 @@ def flat_augmented(tmp_path_factory: pytest.TempPathFactory, red_photos: Path) -
 
 @pytest.fixture(scope="module")
 def input_hashes(synthetic: Path) -> dict[str, str]:
-    return _file_hashes(synthetic)
+    return tree_digest(synthetic)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +113,7 @@ def augmented(tmp_path_factory: pytest.TempPathFactory, synthetic: Path, input_h
 
 
 def test_the_input_is_never_modified(synthetic: Path, input_hashes: dict, augmented: Path) -> None:
-    assert _file_hashes(synthetic) == input_hashes
+    assert tree_digest(synthetic) == input_hashes
 
 
 def test_masks_stay_binary_and_follow_the_photo(flat_augmented: tuple[Path, Path]) -> None:
@@ -237,20 +232,20 @@ def test_validation_pairs_pass_through_unchanged(synthetic: Path, augmented: Pat
 def test_same_seed_same_bytes_on_any_worker_count(synthetic: Path, tmp_path: Path) -> None:
     out, other = tmp_path / "out", tmp_path / "other"
     augment_dataset(str(synthetic), str(out), copies=1, seed=7, workers=2)
-    first = _file_hashes(out)
+    first = tree_digest(out)
     shutil.rmtree(out)
     augment_dataset(str(synthetic), str(out), copies=1, seed=7, workers=1)
-    assert _file_hashes(out) == first
+    assert tree_digest(out) == first
     augment_dataset(str(synthetic), str(other), copies=1, seed=8, workers=2)
     changed = [
-        name for name, digest in _file_hashes(other).items() if "-aug" in name and first[name] != digest
+        name for name, digest in tree_digest(other).items() if "-aug" in name and first[name] != digest
     ]
     assert len(changed) > 10, "another seed should give other variants"
 
 
 def test_an_unreadable_pair_is_rejected_with_its_reason(synthetic: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    for name in _file_hashes(synthetic):
+    for name in tree_digest(synthetic):
         storage.copy(str(synthetic / name), str(broken / name))
     victim = next(r for r in read_manifest(str(broken)) if r["split"] == "train")
     (broken / victim["image"]).write_bytes(b"not a jpeg")
@@ -265,7 +260,7 @@ def test_an_unreadable_pair_is_rejected_with_its_reason(synthetic: Path, tmp_pat
 
 
 def test_s3_round_trip(synthetic: Path, red_photos: Path, s3_bucket: str) -> None:
-    for name in _file_hashes(synthetic):
+    for name in tree_digest(synthetic):
         storage.copy(str(synthetic / name), f"{s3_bucket}/in/{name}")
     storage.copy(str(red_photos / "studio-0.jpg"), f"{s3_bucket}/backgrounds/studio-0.jpg")
     summary = augment_dataset(

@@ -19,6 +19,7 @@ from cutout.data.manifest import read_jsonl, read_manifest
 from cutout.data.quality import CONTENT_MISMATCH_BELOW, NEAR_DUPLICATE_BITS, edge_contrast, perceptual_hash
 from cutout.data.synth import generate_pair
 from cutout.platform import storage
+from helpers import tree_digest
 
 SIZE = (160, 200)
 SEED = 21
@@ -170,14 +171,6 @@ def write_corpus(root: Path) -> None:
     (root / "images" / "ambiguous.png").write_bytes(_png(photo))
     (root / "masks" / "ambiguous.png").write_bytes(_mask_png(mask))
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

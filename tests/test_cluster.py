@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,17 +14,10 @@ from cutout.data.features import FEATURE_NAMES, LIGHT_TYPE, SILHOUETTE_PROTOTYPE
 from cutout.data.manifest import read_jsonl, read_manifest
 from cutout.data.synth import PRODUCT_TYPES, synthesize_dataset
 from cutout.platform import storage
+from helpers import tree_digest
 
 CATALOGUE = 180  # 30 pairs of each type, as the clean step writes them: 320×320
 SIZE = (320, 320)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
