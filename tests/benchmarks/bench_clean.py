@@ -15,8 +15,6 @@ like a new photo (the summary's reject counts show it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 from functools import partial
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tests.benchmarks.datasets import CACHE, studio_dataset
-from tests.benchmarks.measure import measure_in_subprocess, run_measured
+from tests.benchmarks.measure import measure_in_subprocess, parse_bench_args, run_measured
 
 from cutout.data.io import encode_image, mask_to_image, read_image, read_mask
 from cutout.data.manifest import DatasetWriter, read_manifest
@@ -108,17 +106,13 @@ def measure(src: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[2000, 10000])
-    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the subprocess's job
-    args = parser.parse_args(argv)
-    if args.measure:
-        print(json.dumps(measure(args.measure)))
+    counts = parse_bench_args(__doc__, measure, argv)
+    if counts is None:
         return
     print(f"clean on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before the runs")
     header = ("pairs", "seconds", "pairs/s", "cpu ms", "kept", "parent", "worker", "total")
     print(" ".join(f"{name:>8}" for name in header), " rejects")
-    for count in args.counts:
+    for count in counts:
         row = measure_in_subprocess("tests.benchmarks.bench_clean", studio_inputs(count))
         cells = [row[key] for key in ("pairs", "seconds", "pairs_per_s", "cpu_ms_per_pair", "kept")]
         cells += [f"{row[key]}MiB" for key in ("parent_hwm_mib", "worker_hwm_mib", "total_rss_mib")]

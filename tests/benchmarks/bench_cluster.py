@@ -11,13 +11,11 @@ sum overstates). Targets on 2 cores: at least 300 pairs/s, at most 1 GiB, flat w
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 
 from tests.benchmarks.datasets import studio_dataset
-from tests.benchmarks.measure import measure_in_subprocess, run_measured
+from tests.benchmarks.measure import measure_in_subprocess, parse_bench_args, run_measured
 
 SIZE = (320, 320)
 
@@ -38,17 +36,13 @@ def measure(src: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[2000, 10000])
-    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the subprocess's job
-    args = parser.parse_args(argv)
-    if args.measure:
-        print(json.dumps(measure(args.measure)))
+    counts = parse_bench_args(__doc__, measure, argv)
+    if counts is None:
         return
     print(f"cluster on {len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f} before")
     header = ("pairs", "seconds", "pairs/s", "cpu ms", "parent", "worker", "total", "purity", "ARI")
     print(" ".join(f"{name:>8}" for name in header))
-    for count in args.counts:
+    for count in counts:
         row = measure_in_subprocess("tests.benchmarks.bench_cluster", studio_dataset(count, size=SIZE))
         cells = [row[key] for key in ("pairs", "seconds", "pairs_per_s", "cpu_ms_per_pair")]
         cells += [f"{row[key]}MiB" for key in ("parent_hwm_mib", "worker_hwm_mib", "total_rss_mib")]

@@ -96,3 +96,19 @@ def run_measured(function: Callable[[], int]) -> dict:
     with measured(figures):
         pairs = function()
     return per_pair(figures, pairs)
+
+
+def parse_bench_args(
+    doc: str, measure: Callable[[str], dict], argv: list[str] | None = None
+) -> list[int] | None:
+    """The `--counts` to run; None when the internal `--measure SRC` was given (measured and printed here)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the subprocess's job
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure)))
+        return None
+    return args.counts
