@@ -19,6 +19,7 @@ from rich.console import Console
 from cutout.data.io import read_image
 from cutout.data.synth import generate_pair, synthesize_dataset
 from cutout.evaluate.gallery import GalleryRow, write_gallery
+from cutout.evaluate.metrics import mask_iou
 from cutout.train.local import EpochResult, train_locally
 
 console = Console()
@@ -49,11 +50,6 @@ def _held_out_photos(folder: Path, count: int, seed: int) -> dict[str, np.ndarra
     return truths
 
 
-def _iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(predicted, truth).sum()
-    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
-
-
 def _predicted_mask(cutout_file: Path) -> np.ndarray:
     with Image.open(cutout_file) as cutout:
         return np.asarray(cutout.getchannel("A")) >= 128
@@ -63,7 +59,7 @@ def _agreement(fp32: Path, int8: Path, truths: dict[str, np.ndarray]) -> float:
     """Mean IoU between the int8 model's masks and the fp32 model's: what quantisation costs."""
     return float(
         np.mean(
-            [_iou(_predicted_mask(int8 / f"{n}.png"), _predicted_mask(fp32 / f"{n}.png")) for n in truths]
+            [mask_iou(_predicted_mask(int8 / f"{n}.png"), _predicted_mask(fp32 / f"{n}.png")) for n in truths]
         )
     )
 
@@ -73,7 +69,7 @@ def _report(photos: Path, cutouts: Path, truths: dict[str, np.ndarray], out: Pat
     for name, truth in truths.items():
         cutout = Image.open(cutouts / f"{name}.png")
         alpha = np.asarray(cutout.getchannel("A"))
-        scores.append(_iou(alpha >= 128, truth))
+        scores.append(mask_iou(alpha >= 128, truth))
         images = {"photo": read_image(photos / f"{name}.jpg"), "true mask": Image.fromarray(truth),
                   "predicted mask": Image.fromarray(alpha), "cutout": cutout}  # fmt: skip
         rows.append(GalleryRow(f"{name}  IoU {scores[-1]:.3f}", images))

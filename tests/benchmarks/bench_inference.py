@@ -149,6 +149,7 @@ def export_both(checkpoint: str, folder: Path, calibration: Path, input_size: in
 def int8_agreement(files: dict[str, str], photo_dir: Path) -> float:
     """Mean IoU of the int8 model's masks with the fp32 model's, at full resolution."""
     from cutout.data.io import read_image
+    from cutout.evaluate.metrics import mask_iou
     from cutout.model.inference import predict_probabilities
     from cutout.model.loader import load_predictor
 
@@ -157,7 +158,7 @@ def int8_agreement(files: dict[str, str], photo_dir: Path) -> float:
     for photo in sorted(photo_dir.iterdir()):
         image = read_image(photo)
         a, b = (predict_probabilities(p, [image])[0] >= 0.5 for p in (fp32, int8))
-        scores.append(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
+        scores.append(mask_iou(a, b))
     return float(np.mean(scores))
 
 

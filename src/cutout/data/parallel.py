@@ -19,7 +19,7 @@ Result = TypeVar("Result")
 IN_FLIGHT_PER_WORKER = 4
 
 
-def default_workers() -> int:
+def available_cores() -> int:
     """The cores this process may use (the container's CPU set, not the host's)."""
     return len(os.sched_getaffinity(0))
 
@@ -32,7 +32,7 @@ def ordered_map(
     `function` must be picklable (a module-level function or a `functools.partial` of one). With one
     worker it runs in this process: simpler to debug, and no pool start-up for small jobs.
     """
-    workers = workers or default_workers()
+    workers = workers or available_cores()
     if workers == 1:
         yield from map(function, items)
         return

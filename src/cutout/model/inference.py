@@ -8,13 +8,14 @@ in, fused probabilities N×H×W out.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+from cutout.data.parallel import available_cores
 
 INPUT_SIZE = 320
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -32,11 +33,6 @@ class MaskPredictor(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """N×3×H×W float32 (see `preprocess`) → N×H×W float32 probabilities of the fused map."""
         ...
-
-
-def default_threads() -> int:
-    """All the cores this process may use (the container's CPU set, not the host's)."""
-    return len(os.sched_getaffinity(0))
 
 
 def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
@@ -75,7 +71,7 @@ class TorchPredictor:
         input_size: int = INPUT_SIZE,
     ):
         if device == "cpu":
-            torch.set_num_threads(threads or default_threads())
+            torch.set_num_threads(threads or available_cores())
         self.device = torch.device(device)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.description = f"torch ({device})"
@@ -97,7 +93,7 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads or available_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
+from cutout.data.parallel import available_cores
+
 
 @dataclass(frozen=True)
 class Workers:
@@ -38,7 +40,7 @@ def init() -> Workers:
 
     hvd.init()  # Horovod: join the other workers (or run alone)
     if hvd.local_size() > 1:  # Horovod: workers sharing this machine share its cores, not each take all
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // hvd.local_size()))
+        torch.set_num_threads(max(1, available_cores() // hvd.local_size()))
     return Workers(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank())  # Horovod: ranks
 
 
