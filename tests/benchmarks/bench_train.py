@@ -2,7 +2,7 @@
 and the data loader's rate beside the model's consumption (the loader must not be what limits training).
 
 Timed over a few steps at the recipe's crop (288) with the default precision (bf16 where the CPU computes
-it natively). GPU figures come from `bench/gpu_train.py` on a GPU machine (not here).
+it natively). GPU figures come from `tests/benchmarks/gpu_train.py` on a GPU machine (not here).
 """
 
 from __future__ import annotations
