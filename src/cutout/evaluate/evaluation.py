@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cutout.data.io import read_image, read_mask
 from cutout.data.manifest import read_manifest
@@ -20,6 +21,7 @@ from cutout.platform import storage
 
 EXAMPLES = 6  # worst and best pairs shown in the report, each
 DEFAULT_CLUSTER = "all"  # the cluster of pairs whose record has none
+Scored = TypeVar("Scored")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def select_records(data: str, split: str | None) -> Iterator[dict]:
     return (record for record in read_manifest(data) if split is None or record.get("split") == split)
 
 
-def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+def batch_records(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
     """Consecutive lists of `size` records, the last one shorter (itertools.batched is Python 3.12)."""
     batch: list[dict] = []
     for record in records:
@@ -62,8 +64,46 @@ def _batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
+def score_pairs(
+    model_uri: str,
+    data: str,
+    split: str | None,
+    batch_size: int,
+    score_batch: Callable[[MaskPredictor, list[dict]], list[Scored]],
+    on_progress: Callable[[], None] | None = None,
+) -> tuple[str | None, list[Scored]]:
+    """Load a model and score a dataset's pairs of `split`, streamed in batches.
+
+    The loop of `evaluate_model` and `cutout.evaluate.calibration.calibrate_threshold`.
+
+    Args:
+        model_uri: anything `load_predictor` takes (a checkpoint, an `.onnx` file, a registry URI).
+        data: a dataset folder or `s3://` prefix (its `manifest.jsonl` lists the pairs).
+        split: the records' `split`; None, or a manifest without splits, selects all pairs.
+        batch_size: photos per forward pass.
+        score_batch: scores one batch of records with the loaded model, one result per record.
+        on_progress: called once per pair, after its batch is scored.
+
+    Returns:
+        The split in effect (see `effective_split`) and every pair's result, in manifest order.
+
+    Raises:
+        ValueError: for a batch size below 1, or what `score_batch` raises.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    split = effective_split(data, split)
+    predictor = load_predictor(model_uri)
+    results: list[Scored] = []
+    for batch in batch_records(select_records(data, split), batch_size):
+        results += score_batch(predictor, batch)
+        for _ in batch if on_progress is not None else ():
+            on_progress()
+    return split, results
+
+
 def _score_batch(
-    predictor: MaskPredictor, data: str, batch: list[dict], keeper: ExampleKeeper
+    predictor: MaskPredictor, batch: list[dict], data: str, keeper: ExampleKeeper
 ) -> list[ImageScore]:
     """Predict one batch and score each pair; offer each to the keeper of examples."""
     images = [read_image(storage.join(data, record["image"])) for record in batch]
@@ -107,17 +147,9 @@ def evaluate_model(
     Raises:
         ValueError: when no pair is selected, or a mask's size differs from its photo's.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    split = effective_split(data, split)
-    predictor = load_predictor(model_uri)
     keeper = ExampleKeeper(EXAMPLES)
-    scores: list[ImageScore] = []
-    for batch in _batches(select_records(data, split), batch_size):
-        scores += _score_batch(predictor, data, batch, keeper)
-        if on_progress is not None:
-            for _ in batch:
-                on_progress()
+    score = functools.partial(_score_batch, data=data, keeper=keeper)
+    split, scores = score_pairs(model_uri, data, split, batch_size, score, on_progress)
     if not scores:
         raise ValueError(f"{data}: no pairs to evaluate" + (f" in split {split!r}" if split else ""))
     metrics = summarize(scores)

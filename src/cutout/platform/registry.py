@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import shutil
 import tempfile
 import warnings
@@ -43,6 +44,7 @@ ARTIFACT_NAME = "model"  # the logged model's name within its run: runs:/<run_id
 CHECKPOINT, ONNX = "checkpoint", "onnx"
 IMAGE_COLUMN = "image"
 HOLDOUT_TAG = "holdout"  # the evaluation set's manifest hash: scores compare only on the same holdout
+ROUTING_THRESHOLD_TAG = "routing_threshold"  # below it a cutout goes to review (evaluate.calibration)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Pinned to what runs here; listing them saves MLflow's ~9 s of inferring them on every log.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pillow", "boto3")
@@ -269,3 +271,49 @@ def resolve_model_uri(uri: str, prefer: str = CHECKPOINT, dst: str | Path | None
         raise ValueError(f"{uri} has no {prefer} file (it holds: {', '.join(files) or 'none'})")
     folder = str(dst) if dst is not None else tempfile.mkdtemp(prefix="cutout-model-")
     return Path(ModelsArtifactRepository(uri).download_artifacts(files[prefer]["path"], dst_path=folder))
+
+
+def set_routing_threshold(uri: str, threshold: float) -> tuple[str, str]:
+    """Store the routing threshold on the model version a URI names, as its `routing_threshold` tag.
+
+    Args:
+        uri: ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (the version holding the alias now).
+        threshold: the quality score below which a cutout goes to review (scores lie in [0, 1]).
+
+    Returns:
+        The model version's (name, version).
+
+    Raises:
+        ValueError: for a threshold that is not finite, or a URI naming no registered version.
+        MlflowException: for a URI that is not ``models:/…``, or a model, version or alias that is missing.
+    """
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not math.isfinite(threshold):
+        raise ValueError(f"a routing threshold is a finite number, got {threshold}")
+    client = _client()
+    found = get_model_name_and_version(client, uri)
+    if len(found) != 2:
+        raise ValueError(f"{uri} names no registered model version: use models:/NAME/VERSION or NAME@ALIAS")
+    client.set_model_version_tag(*found, ROUTING_THRESHOLD_TAG, repr(float(threshold)))
+    return found
+
+
+def routing_threshold(uri: str) -> float | None:
+    """The routing threshold stored on the model version a ``models:/NAME/VERSION|NAME@ALIAS`` URI names.
+
+    Returns:
+        The threshold, or None when the version has none (not calibrated yet) or the URI names a
+        logged model (``models:/<model_id>``) rather than a registered version.
+
+    Raises:
+        MlflowException: for a URI that is not ``models:/…``, or a model, version or alias that is missing.
+    """
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = _client()
+    found = get_model_name_and_version(client, uri)
+    if len(found) != 2:
+        return None
+    value = client.get_model_version(*found).tags.get(ROUTING_THRESHOLD_TAG)
+    return float(value) if value is not None else None

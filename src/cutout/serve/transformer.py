@@ -1,0 +1,351 @@
+"""The feedback transformer: in front of the predictor, it validates, composes and routes each cutout.
+
+    python -m cutout.serve.transformer --predictor_host 127.0.0.1:8081 --feedback-uri s3://bucket/feedback
+
+Clients call it exactly as they call the predictor (v1 or v2, `cutout.serve.codec`) and get the same
+response. Per request:
+
+1. ``preprocess`` decodes and validates the photos with the predictor's codec: a bad request is a 400
+   here and never reaches the predictor.
+2. ``predict`` forwards the photos to the predictor over REST v2 (``/v2/models/<name>/infer``), asking
+   for the mask and score only: base64 photos as the client sent them, pixels as a binary UINT8
+   tensor.
+3. ``postprocess`` composes each cutout from the photo it already decoded and the predicted mask
+   (`cutout.compose`, as the predictor would), encodes the client's response, and hands every
+   (photo, mask, score) to a `FeedbackRouter`: score ≥ threshold → the retraining store, below → the
+   review queue. Routing happens on a background thread; a slow or failing store never fails or slows
+   the response.
+
+The threshold is ``--threshold`` if given; otherwise the one stored on the registered model version
+that made the prediction (`cutout.platform.registry.routing_threshold`, looked up once per version), and
+`DEFAULT_THRESHOLD` for a model that has none (a file, or a version never calibrated).
+
+Metrics at ``/metrics``: requests and latency per route (`cutout.serve.server`), KServe's per-step
+histograms, the time spent waiting for the predictor, and the routing counters and score histogram of
+`cutout.serve.feedback`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import httpx
+import kserve
+import numpy as np
+import orjson
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import InvalidInput, ModelNotReady
+from PIL import Image
+from prometheus_client import Histogram
+
+from cutout.data.io import read_header
+from cutout.serve import codec
+from cutout.serve.feedback import DEFAULT_QUEUE_SIZE, FeedbackItem, FeedbackRouter
+from cutout.serve.photos import DEFAULT_LIMITS, DecodeLimits, Photo, PhotoResult, render_cutout
+from cutout.serve.server import decode_limits, serve_from_args, server_parser
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "cutout"  # the InferenceService name: the predictor serves the same one
+DEFAULT_THRESHOLD = 0.5  # for models with no calibrated threshold (`cutout calibrate-threshold`)
+MAX_REQUEST_ID = 128  # characters of a client's request id kept with a routed item
+
+PREDICTOR_SECONDS = Histogram(
+    "cutout_transformer_predictor_seconds", "Time waiting for the predictor's answer",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A validated request (each photo with the bytes the client sent, `Photo.raw`), its id and time."""
+
+    request: codec.DecodedRequest
+    request_id: str
+    received: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the predictor answered: one mask PNG and score per photo, and the model that made them."""
+
+    masks: list[bytes]
+    scores: list[float]
+    model_name: str
+    model_version: str
+
+
+class FeedbackTransformer(kserve.Model):
+    """Validates photos, asks the predictor for masks, composes cutouts, routes every prediction."""
+
+    def __init__(
+        self,
+        name: str,
+        predictor_host: str,
+        feedback_uri: str,
+        threshold: float | None = None,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        timeout: float = 60.0,
+        use_ssl: bool = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+    ) -> None:
+        """Set up the transformer; `load` starts the feedback router.
+
+        Args:
+            name: The model name, equal to the predictor's (KServe forwards by name).
+            predictor_host: ``host:port`` of the predictor.
+            feedback_uri: Root of the retraining store and review queue (local or ``s3://``).
+            threshold: Fixed routing threshold; None: the model version's stored one.
+            limits: Per-request pixel and batch limits, as the predictor's.
+            timeout: Seconds to wait for the predictor.
+            use_ssl: Call the predictor over HTTPS.
+            queue_size: Routed items that may wait for the store before new ones are dropped.
+        """
+        super().__init__(name)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+        self.predictor_url = f"{'https' if use_ssl else 'http'}://{predictor_host}/v2/models/{name}/infer"
+        self.feedback_uri = feedback_uri
+        self.threshold = threshold
+        self.limits = limits
+        self.timeout = timeout
+        self.queue_size = queue_size
+        self.router: FeedbackRouter | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._thresholds: dict[tuple[str, str], float] = {}
+        self._thresholds_lock = threading.Lock()
+
+    def load(self) -> bool:
+        """Start the feedback router; the transformer holds no model of its own."""
+        self.router = FeedbackRouter(self.feedback_uri, self.queue_size)
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Write what is still queued and stop the router."""
+        if self.router is not None:
+            self.router.close()
+
+    def validate(self, payload: Any) -> Any:
+        # The codec validates everything; KServe's own check would trip over our decoded request.
+        return payload
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Incoming:
+        """Decode and validate the photos (InvalidInput → 400), keeping the bytes the client sent."""
+        received = time.time()
+        # Decoding a large photo takes tens of milliseconds: off the event loop, so health checks answer.
+        request = await asyncio.to_thread(codec.decode_request, payload, self.limits)
+        request_id = (headers or {}).get("x-request-id") or request.request_id or uuid.uuid4().hex
+        return Incoming(request, str(request_id)[:MAX_REQUEST_ID], received)
+
+    async def predict(
+        self, payload: Incoming, headers: dict[str, str] | None = None, response_headers=None
+    ) -> tuple[Incoming, Prediction]:
+        """Ask the predictor for each photo's mask and score (REST v2)."""
+        body, extra = await asyncio.to_thread(predictor_request, payload)
+        with PREDICTOR_SECONDS.time():
+            try:
+                response = await self._http().post(self.predictor_url, content=body, headers=extra)
+            except httpx.HTTPError as error:
+                raise ModelNotReady(
+                    self.name, f"the predictor at {self.predictor_url} is unreachable: {error}"
+                ) from None
+        return payload, parse_prediction(response, len(payload.request.photos))
+
+    async def postprocess(self, result: Any, headers: dict[str, str] | None = None, response_headers=None):
+        """Compose the client's answer in its protocol, and route every photo."""
+        incoming, prediction = result
+        results = await asyncio.to_thread(compose_results, incoming.request.photos, prediction)
+        threshold = await self.threshold_for(prediction.model_name, prediction.model_version)
+        self.route(incoming, prediction, threshold)
+        return codec.encode_response(
+            incoming.request, results, prediction.model_name, prediction.model_version
+        )
+
+    def route(self, incoming: Incoming, prediction: Prediction, threshold: float) -> None:
+        """Hand every photo of the request to the router; never raises, never waits for a store."""
+        if self.router is None:
+            return
+        photos = zip(incoming.request.photos, prediction.masks, prediction.scores, strict=True)
+        for photo, mask, score in photos:
+            try:
+                item = FeedbackItem(
+                    photo=photo.raw if photo.raw is not None else np.asarray(photo.image),
+                    photo_format=photo_format(photo.raw), mask=mask, width=photo.image.width,
+                    height=photo.image.height, score=score, threshold=threshold,
+                    model_name=prediction.model_name, model_version=prediction.model_version,
+                    request_id=incoming.request_id, created=incoming.received,
+                )  # fmt: skip
+            except Exception as error:  # routing must never cost the client its answer
+                logger.warning("could not route a photo of request %s: %s", incoming.request_id, error)
+                continue
+            self.router.submit(item)
+
+    async def threshold_for(self, model_name: str, model_version: str) -> float:
+        """The routing threshold for predictions of this model version (looked up once, then cached)."""
+        if self.threshold is not None:
+            return self.threshold
+        key = (model_name, model_version)
+        if key not in self._thresholds:
+            value = await asyncio.to_thread(stored_threshold, model_name, model_version)
+            with self._thresholds_lock:
+                self._thresholds[key] = DEFAULT_THRESHOLD if value is None else value
+            note = "" if value is not None else " (none stored: the default)"
+            logger.info("routing threshold for %s version %s: %.4f%s", model_name, model_version,
+                        self._thresholds[key], note)  # fmt: skip
+        return self._thresholds[key]
+
+    def _http(self) -> httpx.AsyncClient:
+        # Created on first use, inside the server's event loop, and kept: connections are reused.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=32)
+            )
+        return self._client
+
+
+# --- pieces, as plain functions ------------------------------------------------------------------
+
+
+def photo_format(original: bytes | None) -> str:
+    """Pillow's name of the photo's format, from its header ("" for pixels, stored as PNG)."""
+    return "" if original is None else read_header(original).format
+
+
+def predictor_request(incoming: Incoming) -> tuple[bytes, dict[str, str]]:
+    """A v2 request for the predictor asking for masks and scores only, and its headers."""
+    photos = incoming.request.photos
+    parameters = {"output": "mask"}
+    headers = {"content-type": "application/json", "x-request-id": incoming.request_id}
+    if all(photo.raw is not None for photo in photos):
+        data = [base64.b64encode(photo.raw).decode("ascii") for photo in photos]
+        tensor = {"name": codec.V2_IMAGE, "datatype": "BYTES", "shape": [len(data)], "data": data}
+        return orjson.dumps(
+            {"id": incoming.request_id, "inputs": [tensor], "parameters": parameters}
+        ), headers
+    # Pixels: all photos of a pixels tensor share one size. Sent as binary, not a JSON list of numbers.
+    pixels = np.stack([np.asarray(photo.image, dtype=np.uint8) for photo in photos])
+    tensor = {"name": codec.V2_PIXELS, "datatype": "UINT8", "shape": list(pixels.shape),
+              "parameters": {"binary_data_size": pixels.nbytes}}  # fmt: skip
+    header = orjson.dumps({"id": incoming.request_id, "inputs": [tensor], "parameters": parameters})
+    headers.update(
+        {"content-type": "application/octet-stream", INFERENCE_CONTENT_LENGTH_HEADER: str(len(header))}
+    )
+    return header + pixels.tobytes(), headers
+
+
+def parse_prediction(response: httpx.Response, count: int) -> Prediction:
+    """The predictor's v2 answer → masks and scores; its 4xx refusals become the client's 400.
+
+    Raises:
+        InvalidInput: when the predictor refused the request (its message is passed on).
+        ModelNotReady: when it is not ready (503).
+        RuntimeError: for any other failure or an answer that does not fit the request.
+    """
+    if response.status_code != 200:
+        message = _error_message(response)
+        if response.status_code == 503:
+            raise ModelNotReady(MODEL_NAME, f"the predictor is not ready: {message}")
+        if 400 <= response.status_code < 500:
+            raise InvalidInput(f"the predictor refused the request: {message}")
+        raise RuntimeError(f"the predictor failed with {response.status_code}: {message}")
+    body = orjson.loads(response.content)
+    outputs = {output["name"]: output.get("data") or [] for output in body.get("outputs", [])}
+    masks, scores = outputs.get("mask", []), outputs.get("score", [])
+    if len(masks) != count or len(scores) != count:
+        raise RuntimeError(
+            f"the predictor returned {len(masks)} masks, {len(scores)} scores for {count} photos"
+        )
+    return Prediction(
+        masks=[base64.b64decode(mask) for mask in masks], scores=[float(score) for score in scores],
+        model_name=str(body.get("model_name", MODEL_NAME)), model_version=str(body.get("model_version", "")),
+    )  # fmt: skip
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(orjson.loads(response.content).get("error", ""))[:300] or response.reason_phrase
+    except (orjson.JSONDecodeError, AttributeError):
+        return response.text[:300] or response.reason_phrase
+
+
+def compose_results(photos: list[Photo], prediction: Prediction) -> list[PhotoResult]:
+    """Each photo's outputs from its predicted mask, rendered as the predictor renders them."""
+    triples = zip(photos, prediction.masks, prediction.scores, strict=True)
+    return [compose_result(photo, mask, score) for photo, mask, score in triples]
+
+
+def compose_result(photo: Photo, mask_png: bytes, score: float) -> PhotoResult:
+    """The mask PNG (passed through) and/or the cutout PNG the photo's options ask for."""
+    image, options = photo.image, photo.options
+    cutout_png = None
+    if options.wants_cutout:
+        with Image.open(BytesIO(mask_png)) as decoded:
+            alpha = decoded.convert("L")
+        if alpha.size != image.size:
+            raise RuntimeError(f"the predictor's mask is {alpha.size}, the photo {image.size}")
+        cutout_png = render_cutout(photo, alpha)
+    mask = mask_png if options.wants_mask else None
+    return PhotoResult(mask, cutout_png, score, width=image.width, height=image.height)
+
+
+def stored_threshold(model_name: str, model_version: str) -> float | None:
+    """The threshold stored on a registered model version, or None (a file, or none stored).
+
+    Registered versions are numbers; the predictor reports files as ``<name>-<sha256 prefix>``.
+    A registry that cannot be reached is logged and treated as "none stored".
+    """
+    if not model_version.isdigit():
+        return None
+    try:
+        from cutout.platform.registry import routing_threshold
+
+        return routing_threshold(f"models:/{model_name}/{model_version}")
+    except Exception as error:  # the transformer must serve even when the registry is away
+        logger.warning(
+            "no threshold for %s version %s from the registry: %s", model_name, model_version, error
+        )
+        return None
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model-server arguments, ``--host`` and the request limits (`server_parser`), plus ours."""
+    parser = server_parser("cutout serve transformer", __doc__.split("\n")[0], MODEL_NAME)
+    add = parser.add_argument
+    add("--feedback-uri", required=True, help="root of the retraining store and review queue")
+    add("--threshold", type=float, help=f"routing threshold; unset: the model's, else {DEFAULT_THRESHOLD}")
+    add("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
+        help="routed items waiting for the store before new ones are dropped")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and serve the transformer until interrupted; then write what is queued."""
+    args = build_parser().parse_args(argv)
+    if not args.predictor_host:
+        raise SystemExit("--predictor_host is required (host:port of the predictor)")
+    model = FeedbackTransformer(
+        args.model_name, args.predictor_host, args.feedback_uri, args.threshold, decode_limits(args),
+        timeout=args.predictor_request_timeout_seconds, use_ssl=args.predictor_use_ssl,
+        queue_size=args.queue_size,
+    )  # fmt: skip
+    try:
+        serve_from_args(model, args)  # SIGTERM: SystemExit(0) once the server has shut down
+    finally:
+        model.stop()
+
+
+if __name__ == "__main__":
+    main()
