@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cutout.data.synth import synthesize_dataset
+from cutout.model.loader import load_predictor
 from cutout.model.weights import read_state_dict
 from helpers import official_state_dict
 
@@ -148,9 +150,13 @@ def test_training_is_tracked_in_mlflow(data, mlflow_local):
     result = subprocess.run([sys.executable, "-m", "cutout.train", *args], capture_output=True, text=True,
                             timeout=600, cwd=mlflow_local)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch   2" in result.stdout  # progress, one line per epoch
+    assert "epoch 2/2  batch 4/4  loss" in result.stdout  # progress within an epoch (8 pairs, batch 2)
+    assert "epoch   2" in result.stdout  # and one summary line per epoch
     info = json.loads((mlflow_local / "run.json").read_text())
     assert info["model_uri"].startswith("models:/")
+    predictor = load_predictor(info["checkpoint"])  # the checkpoint runs at the size it was trained at
+    assert predictor.input_size == 64
+    assert predictor.predict(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 64, 64)
 
     configure_tracking()  # the embedded default under this folder, as the training used
     client = MlflowClient()

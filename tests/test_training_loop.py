@@ -1,4 +1,4 @@
-"""Training pieces protect: aligned binary pairs, the original loss, IoU, a loop that runs."""
+"""Training pieces protect: aligned binary pairs, the original loss, IoU."""
 
 import numpy as np
 import pytest
@@ -10,9 +10,7 @@ from cutout.data.dataset import PairDataset
 from cutout.data.synth import synthesize_dataset
 from cutout.data.transforms import eval_transform, train_transform
 from cutout.model.inference import IMAGENET_MEAN, IMAGENET_STD
-from cutout.model.loader import load_predictor
 from cutout.train.engine import criterion, iou_per_image
-from cutout.train.local import train_locally
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +68,6 @@ def test_iou_per_image():
     empty_truth = truth.clone()
     empty_truth[3] = 0  # nothing predicted, nothing there
     assert iou_per_image(logits, empty_truth).tolist() == [1.0, 0.0, 0.5, 1.0]
-
-
-def test_train_locally_saves_a_checkpoint_that_runs_at_its_input_size(tiny_dataset, tmp_path):
-    epochs = []
-    history = train_locally(str(tiny_dataset / "train"), str(tiny_dataset / "val"), str(tmp_path / "m.pt"),
-                            epochs=2, input_size=64, batch_size=4, on_epoch=epochs.append)  # fmt: skip
-    assert [r.epoch for r in history] == [1, 2] and epochs == history
-    assert all(np.isfinite(r.train_loss) and 0.0 <= r.val_iou <= 1.0 for r in history)
-    predictor = load_predictor(str(tmp_path / "m.pt"))
-    assert predictor.input_size == 64
-    assert predictor.predict(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 64, 64)
 
 
 def test_dataset_refuses_an_empty_split(tiny_dataset):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ import numpy as np
 
 SIZE = 320
 E2E_PHOTO = (1000, 1500)
-DEMO_CHECKPOINT = ".cutout/demo/model/u2netp-demo.pt"
+DEMO_CHECKPOINT = ".cutout/demo/checkpoints/last.pt"
 
 
 def peak_rss_mib() -> float:
@@ -109,7 +111,6 @@ def in_subprocess(function: Callable, *args: object) -> tuple[float, float]:
 def trained_checkpoint(folder: Path, requested: str | None) -> str:
     """A trained U²-NetP: realistic masks matter end to end (PNG size, int8 agreement)."""
     from cutout.data.synth import synthesize_dataset
-    from cutout.train.local import train_locally
 
     for candidate in (requested, DEMO_CHECKPOINT):
         if candidate and Path(candidate).exists():
@@ -120,8 +121,12 @@ def trained_checkpoint(folder: Path, requested: str | None) -> str:
     )
     synthesize_dataset(str(folder / "train"), 64, seed=0)
     synthesize_dataset(str(folder / "val"), 8, seed=1)
-    train_locally(str(folder / "train"), str(folder / "val"), str(folder / "trained.pt"), epochs=4)
-    return str(folder / "trained.pt")
+    training = [sys.executable, "-m", "cutout.train", str(folder / "train"), "--val-data",
+                str(folder / "val"), "--model", "u2netp", "--epochs", "4", "--batch-size", "4",
+                "--input-size", "160", "--crop", "144",
+                "--checkpoint-dir", str(folder / "checkpoints"), "--no-tracking"]  # fmt: skip
+    subprocess.run(training, check=True, cwd=folder)
+    return str(folder / "checkpoints" / "last.pt")
 
 
 def held_out_photos(folder: Path, count: int) -> Path:

@@ -106,10 +106,22 @@ def launched_by_horovod() -> bool:
     return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
 
 
+# Local workers share the machine's few cores, so CPU spent outside the model is CPU the model loses.
+# Measured over one epoch of 2 workers on 2 cores (U²-NetP, 96 px): 46 s of CPU by default, 36 s with
+# these: Horovod's background thread wakes up less often to look for ready tensors (every 20 ms, a few
+# per training step), and glibc keeps large freed activations instead of returning them to the kernel at
+# every step (that showed as system time). An environment that sets these variables wins.
+LOCAL_WORKER_ENV = {
+    "HOROVOD_CYCLE_TIME": "20",
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+}
+
+
 def run_local_workers(count: int, module_args: Sequence[str]) -> int:
     """Run `python -m cutout.train ARGS` as `count` local workers under `horovodrun` with Gloo."""
     horovodrun = shutil.which("horovodrun", path=os.path.dirname(sys.executable)) or "horovodrun"
     # Horovod: local launch, Gloo controller, CPU or local GPUs.
     command = [horovodrun, "-np", str(count), "-H", f"localhost:{count}", "--gloo",
                sys.executable, "-m", "cutout.train", *module_args]  # fmt: skip
-    return subprocess.run(command, check=False).returncode
+    return subprocess.run(command, check=False, env={**LOCAL_WORKER_ENV, **os.environ}).returncode

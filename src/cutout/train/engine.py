@@ -5,7 +5,7 @@ Nothing here knows about Horovod or MLflow: the entry point wraps these with dis
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,12 @@ def train_one_epoch(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
 ) -> float:
-    """One pass over `loader` (stepping `scheduler` after each batch); returns the mean batch loss."""
+    """One pass over `loader` (stepping `scheduler` after each batch); returns the mean batch loss.
+
+    `on_batch(batches_done, loss)` is called after each step (progress reports).
+    """
     model.train()
     total, batches = 0.0, 0
     for batch in loader:
@@ -59,6 +63,8 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         total, batches = total + loss.item(), batches + 1
+        if on_batch is not None:
+            on_batch(batches, total / batches)
     return total / max(batches, 1)
 
 

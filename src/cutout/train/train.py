@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,11 +138,26 @@ def resume(
     return state["epoch"] + 1, state["history"], state.get("mlflow_run_id")
 
 
-def run_epoch(training: Training, epoch: int, workers: distributed.Workers) -> dict:
+def progress_printer(epoch: int, epochs: int, loader: DataLoader, reports: int = 10):
+    """A callback for `train_one_epoch` that prints about `reports` lines an epoch: batches, loss, rate."""
+    total, started = len(loader), time.perf_counter()
+    every = max(1, total // reports)
+
+    def report(done: int, mean_loss: float) -> None:
+        if done % every == 0 or done == total:
+            rate = done * loader.batch_size / (time.perf_counter() - started)
+            print(f"epoch {epoch}/{epochs}  batch {done}/{total}  loss {mean_loss:.4f}  "
+                  f"{rate:.1f} images/s per worker", flush=True)  # fmt: skip
+
+    return report
+
+
+def run_epoch(training: Training, epoch: int, workers: distributed.Workers, epochs: int) -> dict:
     """Train one epoch, validate, and average the metrics over all workers."""
     training.train_loader.sampler.set_epoch(epoch)
+    progress = progress_printer(epoch, epochs, training.train_loader) if workers.is_root else None
     train_loss = train_one_epoch(training.model, training.train_loader, training.optimizer, training.device,
-                                 training.autocast_dtype, training.scheduler)  # fmt: skip
+                                 training.autocast_dtype, training.scheduler, progress)  # fmt: skip
     distributed.average_buffers(training.model)
     sums = evaluate(training.model, training.val_loader, training.device)
     sums["train_loss_sum"] = train_loss
@@ -182,7 +198,7 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
     distributed.broadcast_state(model, optimizer)
     tracker = TrainingTracker.for_rank(workers, args, run_id)
     for epoch in range(first_epoch, args.epochs + 1):
-        history.append(run_epoch(training, epoch, workers))
+        history.append(run_epoch(training, epoch, workers, args.epochs))
         save_epoch(training, args, epoch, history, workers, tracker.run_id)
         tracker.log_epoch(history[-1])
     tracker.finish(ckpt.last_checkpoint(args.checkpoint_dir) if workers.is_root else None)
