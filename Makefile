@@ -27,12 +27,15 @@ test: $(STAMP)
 
 # Data benchmarks make their inputs once, into ~/.cache/cutout/bench (the first run takes a while longer).
 BENCH_COUNTS ?= 2000 10000
+# Requests of the serving soak (memory growth); 10,000 takes over an hour on 2 cores.
+BENCH_SOAK_REQUESTS ?= 10000
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_clean --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_cluster --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_augment --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_train
 	$(PY) -m tests.benchmarks.bench_inference
+	$(PY) -m tests.benchmarks.bench_serve --soak-requests $(BENCH_SOAK_REQUESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests
