@@ -24,7 +24,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -182,10 +181,9 @@ def _serve_a_few(w: Path, photos: list[Path], env: dict[str, str]) -> None:
     console.print(
         f"$ cutout serve local --feedback-uri {feedback} --port {port}", style="cyan", highlight=False
     )
-    # The servers inherit this process's environment: they find the champion in the demo's store.
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}), \
-            start_local_service(feedback_uri=str(feedback), port=port, predictor_port=_free_port(),
-                                log_dir=w / "serving"):  # fmt: skip
+    # `env` points the servers at the demo's MLflow store, where they find the champion.
+    with start_local_service(feedback_uri=str(feedback), port=port, predictor_port=_free_port(),
+                             log_dir=w / "serving", env=env):  # fmt: skip
         for photo in photos:
             answer = _ask_for_cutout(f"http://127.0.0.1:{port}", photo)
             prediction = answer["predictions"][0]

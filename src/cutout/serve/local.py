@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -90,6 +91,7 @@ def start_local_service(
     runtime: str | None = None,
     log_dir: str | Path | None = None,
     timeout: float = 180.0,
+    env: Mapping[str, str] | None = None,
 ) -> LocalService:
     """Start the predictor and the transformer on 127.0.0.1 and wait until both are ready.
 
@@ -103,6 +105,7 @@ def start_local_service(
         log_dir: Write each server's output to ``<log_dir>/{predictor,transformer}.log``; by default
             they share this process's output.
         timeout: Seconds to wait for both to be ready.
+        env: The servers' environment (e.g. ``MLFLOW_TRACKING_URI``); by default this process's.
 
     Returns:
         The running service; call `LocalService.stop` (or use it in a ``with`` block).
@@ -114,9 +117,9 @@ def start_local_service(
     if predictor_port == port:
         raise ValueError(f"the predictor and the transformer need different ports, both are {port}")
     logs = _open_logs(log_dir)
-    predictor = _spawn(predictor_command(model_uri, predictor_port, runtime), logs.get("predictor"))
+    predictor = _spawn(predictor_command(model_uri, predictor_port, runtime), logs.get("predictor"), env)
     transformer = _spawn(
-        transformer_command(feedback_uri, port, predictor_port, threshold), logs.get("transformer")
+        transformer_command(feedback_uri, port, predictor_port, threshold), logs.get("transformer"), env
     )
     service = LocalService(predictor, transformer, f"http://{HOST}:{predictor_port}", f"http://{HOST}:{port}",
                            list(logs.values()))  # fmt: skip
@@ -176,10 +179,10 @@ def wait_until_ready(
     raise RuntimeError(f"the {name} at {url} was not ready in time")
 
 
-def _spawn(command: list[str], log: IO[bytes] | None) -> subprocess.Popen:
+def _spawn(command: list[str], log: IO[bytes] | None, env: Mapping[str, str] | None) -> subprocess.Popen:
     # A session of its own: a Ctrl-C in the terminal reaches only us, and we stop the servers in order.
     return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True
+        command, stdout=log, stderr=subprocess.STDOUT if log else None, start_new_session=True, env=env
     )
 
 
