@@ -1,0 +1,140 @@
+"""Training, evaluation, the registry, the routing threshold: `cutout train`, `evaluate`, `register`, …"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+import typer
+
+from cutout.cli.common import T, app, console, fail, with_progress
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def train(context: typer.Context) -> None:
+    """Train U²-Net: alone, or `--workers N` local Horovod workers (see `cutout train --help`)."""
+    from cutout.train.train import cli as train_cli
+
+    raise typer.Exit(code=train_cli(context.args))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Checkpoint, .onnx, or models:/NAME@ALIAS.")],
+    data: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
+    out: Annotated[str, typer.Option(help="Report folder or s3:// prefix.")],
+    split: Annotated[
+        str | None, typer.Option(help="Which split; all pairs if the manifest has none.")
+    ] = "val",
+    run_id: Annotated[str | None, typer.Option(help="Also log the report to this MLflow run.")] = None,
+) -> None:
+    """IoU (overall, per cluster), MAE, max F-beta, boundary IoU; metrics.json and an HTML report."""
+    from cutout.evaluate.evaluation import evaluate_model
+
+    result = with_progress("evaluating", partial(evaluate_model, model, data, out, split))
+    if run_id:
+        _log_report(run_id, out, result.metrics)
+    figures = ", ".join(
+        f"{k} {result.metrics[k]:.4f}" for k in ("mean_iou", "iou_ge_0.95", "mean_boundary_iou")
+    )
+    console.print(f"{result.metrics['count']} pairs: {figures}\nreport: {result.report}")
+
+
+def _log_report(run_id: str, report: str, metrics: dict) -> None:
+    import mlflow
+
+    from cutout.platform.tracking import configure_tracking, log_report
+
+    configure_tracking()
+    with mlflow.start_run(run_id=run_id):
+        log_report(report)
+        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
+
+
+@app.command()
+def register(
+    run_id: Annotated[str, typer.Option(help="The training run that logged the model.")],
+    metrics: Annotated[str, typer.Option(help="metrics.json from `cutout evaluate`.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    holdout: Annotated[
+        str | None, typer.Option(help="The evaluation dataset (its manifest hash is kept).")
+    ] = None,
+) -> None:
+    """Register the run's model as a new version, with its evaluation metrics."""
+    import json
+
+    from cutout.platform import storage
+    from cutout.platform.registry import register_model
+    from cutout.platform.tracking import manifest_hash
+
+    scores = {k: v for k, v in json.loads(storage.read_text(metrics)).items() if isinstance(v, int | float)}
+    version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
+    print(version)
+    console.print(f"registered {name} version {version}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="The candidate version.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    metric: Annotated[str, typer.Option(help="The metric the gate compares.")] = "mean_iou",
+    margin: Annotated[float, typer.Option(help="How much better than the champion it must be.")] = 0.0,
+) -> None:
+    """Make a version the champion if it scores at least the current champion's (+ margin)."""
+    from cutout.platform.registry import promote as promote_version
+
+    decision = promote_version(name, version, metric=metric, margin=margin)
+    verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
+    console.print(f"{name} version {version}: {verdict}: {decision.reason}")
+
+
+@app.command("calibrate-threshold")
+def calibrate_threshold(
+    model: Annotated[
+        str, typer.Option(help="Checkpoint, .onnx, models:/NAME@ALIAS or models:/NAME/VERSION.")
+    ],
+    data: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
+    out: Annotated[str, typer.Option(help="Report folder or s3:// prefix.")],
+    split: Annotated[
+        str | None, typer.Option(help="Which split; all pairs if the manifest has none.")
+    ] = "val",
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Store the threshold on this version: NAME/VERSION or models:/… (default: --model)."
+        ),
+    ] = None,
+) -> None:
+    """Choose the quality score's routing threshold on a validation set; store it on the model version."""
+    from cutout.evaluate.calibration import calibrate_threshold as calibrate
+    from cutout.platform.registry import routing_threshold, set_routing_threshold
+
+    target = register or (model if model.startswith("models:/") else None)
+    uri = None if target is None else target if target.startswith("models:/") else f"models:/{target}"
+    if uri is not None:
+        _on_model_version(routing_threshold, uri)  # a missing version fails now, not after calibrating
+    result = with_progress("calibrating", partial(calibrate, model, data, split, out))
+    choice, rho = result.choice, "n/a" if result.spearman is None else f"{result.spearman:.3f}"
+    caught = "n/a (no bad masks)" if choice.caught is None else f"{choice.caught:.1%}"
+    console.print(
+        f"{result.count} pairs, {result.bad_share:.1%} with IoU < {result.bad_iou}; Spearman {rho}\n"
+        f"threshold {choice.threshold:.4f}: routes {choice.routed:.1%} of images, catches {caught} of bad\n"
+        f"rule: {choice.rule}\nreport: {result.report}"
+    )
+    if uri is not None:
+        name, version = _on_model_version(set_routing_threshold, uri, choice.threshold)
+        console.print(f"stored routing_threshold {choice.threshold:.4f} on {name} version {version}")
+    print(f"{choice.threshold:.6f}")
+
+
+def _on_model_version(step: Callable[..., T], uri: str, *args) -> T:
+    """`step(uri, *args)`; a missing or unregistered model version is a clear error and exit status 2."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return step(uri, *args)
+    except (ValueError, MlflowException) as error:
+        raise fail(f"cannot store the threshold on {uri}: {error}") from None
