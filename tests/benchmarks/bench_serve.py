@@ -1,6 +1,7 @@
 """Serving benchmark (`make bench`): the predictor and the feedback transformer over HTTP, then a memory soak.
 
-For U²-NetP at 320 px in both runtimes (the PyTorch checkpoint and its fp32 ONNX export) it starts the
+For U²-NetP at 320 px in each runtime (the PyTorch checkpoint, its fp32 ONNX export, and its static int8
+ONNX export calibrated on other photos than those sent) it starts the
 real servers on 127.0.0.1 (`cutout.serve.local.start_local_service`: predictor and transformer, each in
 its own process) and sends real studio photos (1000×1500 JPEGs, v1 JSON, ``output=both``) at several
 concurrencies, straight to the predictor and through the transformer. The transformer's routing writes
@@ -35,12 +36,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
-from tests.benchmarks.bench_inference import E2E_PHOTO, SIZE, held_out_photos, trained_checkpoint
+from tests.benchmarks.bench_inference import (
+    DEMO_CHECKPOINT,
+    E2E_PHOTO,
+    SIZE,
+    held_out_photos,
+    trained_checkpoint,
+)
 from tests.benchmarks.datasets import CACHE
 from tests.benchmarks.measure import children, status_kib
 
 V1_PATH = "/v1/models/cutout:predict"
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # the last: `--runtime onnx` with the int8 file
 MAX_OVERHEAD = 0.15  # the transformer's p50 over the predictor's
 MIN_THROUGHPUT = 6.0  # images/s, U²-NetP at 320 on 2 cores
 MAX_GROWTH = 0.05  # resident memory after the soak over after the warm-up
@@ -75,12 +82,12 @@ class Cell:
 
 
 def model_files(folder: Path, requested: str | None) -> dict[str, str]:
-    """A trained U²-NetP checkpoint set to run at 320 px, and its fp32 ONNX export at 320 px."""
+    """A trained U²-NetP checkpoint set to run at 320 px, and its fp32 and int8 ONNX exports at 320 px."""
     from cutout.model import save_checkpoint
     from cutout.model.export import export_model
     from cutout.model.weights import load_model
 
-    if requested is None and CACHED_CHECKPOINT.exists():
+    if requested is None and not Path(DEMO_CHECKPOINT).exists() and CACHED_CHECKPOINT.exists():
         requested = str(CACHED_CHECKPOINT)
     trained = trained_checkpoint(folder, requested)
     if Path(trained).is_relative_to(folder):  # trained just now (minutes): keep it for the next run
@@ -91,10 +98,28 @@ def model_files(folder: Path, requested: str | None) -> dict[str, str]:
     if variant != "u2netp":
         raise SystemExit(f"{trained} holds {variant}; this benchmark is for U²-NetP")
     # The demo trains at a smaller size; the checkpoint carries the size the predictor runs at.
-    files = {"torch": str(folder / "u2netp-320.pt"), "onnx": str(folder / "u2netp-320.onnx")}
+    files = {"torch": str(folder / "u2netp-320.pt"), "onnx": str(folder / "u2netp-320.onnx"),
+             "onnx-int8": str(folder / "u2netp-320-int8.onnx")}  # fmt: skip
     save_checkpoint(files["torch"], model, variant, input_size=SIZE)
     export_model(files["torch"], files["onnx"], input_size=SIZE)
+    calibration = calibration_photos(folder / "calibration")
+    export_model(files["torch"], files["onnx-int8"], calibration_dir=str(calibration), input_size=SIZE)
     return files
+
+
+def calibration_photos(folder: Path, count: int = 32) -> Path:
+    """Studio photos for int8 calibration, from another seed than the photos the benchmark sends."""
+    from cutout.data.synth import generate_pair
+
+    folder.mkdir()
+    for index in range(count):
+        generate_pair(index, size=E2E_PHOTO, seed=11)[0].save(folder / f"{index:03d}.jpg", quality=92)
+    return folder
+
+
+def server_runtime(runtime: str) -> str:
+    """The predictor's `--runtime` for a benchmark runtime (both ONNX files run in ONNX Runtime)."""
+    return "onnx" if runtime.startswith("onnx") else runtime
 
 
 def request_bodies(photos: Path) -> list[bytes]:
@@ -194,7 +219,8 @@ def serving(model_uri: str, runtime: str, threshold: float, feedback: Path, logs
     port, predictor_port = free_ports(2)
     try:
         service = start_local_service(model_uri, str(feedback), port=port, predictor_port=predictor_port,
-                                      threshold=threshold, runtime=runtime, log_dir=logs)  # fmt: skip
+                                      threshold=threshold, runtime=server_runtime(runtime),
+                                      log_dir=logs)  # fmt: skip
     except RuntimeError:
         print_log_tails(logs)
         raise
@@ -408,14 +434,14 @@ def soak(service, bodies: list[bytes], feedback: Path, args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=60, help="requests per latency cell")
+    parser.add_argument("--requests", type=int, default=60, help="requests per latency cell (0: soak only)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--photos", type=int, default=32, help="distinct 1000×1500 studio photos")
     parser.add_argument("--soak-requests", type=int, default=10_000, help="0: no soak")
     parser.add_argument("--soak-warmup", type=int, default=200, help="requests before the first RSS reading")
     parser.add_argument("--soak-concurrency", type=int, default=4)
-    parser.add_argument("--soak-runtime", choices=RUNTIMES, default="onnx")
+    parser.add_argument("--soak-runtime", choices=RUNTIMES, default="onnx-int8")
     parser.add_argument("--threshold", type=float, help="routing threshold (default: ~20%% to review)")
     parser.add_argument("--model", help="trained U²-NetP checkpoint (default: the demo's, else one trained)")
     args = parser.parse_args()
@@ -432,12 +458,13 @@ def main() -> None:
               flush=True)  # fmt: skip
         print(HEADER, flush=True)
         cells: list[Cell] = []
-        for runtime in args.runtimes:
+        for runtime in args.runtimes if args.requests > 0 else []:
             feedback = folder / f"feedback-{runtime}"
             with serving(files[runtime], runtime, threshold, feedback, folder / f"logs-{runtime}") as service:
                 cells += latency_cells(service, runtime, bodies, args)
             drain_feedback(feedback)
-        summarise(cells)
+        if cells:
+            summarise(cells)
         if args.soak_requests > 0:
             print(f"soak through the transformer ({args.soak_runtime}, concurrency {args.soak_concurrency}):",
                   flush=True)  # fmt: skip

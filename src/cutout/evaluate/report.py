@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cutout.compose import alpha_from_probabilities, compose_cutout
+from cutout.compose import alpha_at_size, compose_cutout
 from cutout.data.io import encode_image, mask_to_image
 from cutout.evaluate.gallery import STYLE as GALLERY_STYLE
 from cutout.evaluate.metrics import IOU_LEVELS, ImageScore
@@ -72,7 +72,7 @@ def make_example(
     """Thumbnails of a pair: photo, true mask, predicted mask, errors, and the cutout (RGBA)."""
     size = _thumbnail_size(image.size, THUMBNAIL_SIDE)
     photo = image.resize(size, Image.Resampling.BILINEAR)
-    alpha = alpha_from_probabilities(probabilities).resize(size, Image.Resampling.BILINEAR)
+    alpha = alpha_at_size(probabilities, size)
     true_mask = mask_to_image(truth).resize(size, Image.Resampling.BILINEAR)
     errors = _error_overlay(photo, np.asarray(alpha) >= 128, np.asarray(true_mask) >= 128)
     images = {"photo": photo, "true mask": true_mask, "predicted mask": alpha, "errors": errors}

@@ -9,13 +9,15 @@ in, fused probabilities N×H×W out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cutout.data.parallel import available_cores
+
+if TYPE_CHECKING:
+    import torch
 
 INPUT_SIZE = 320
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -70,6 +72,8 @@ class TorchPredictor:
         threads: int | None = None,
         input_size: int = INPUT_SIZE,
     ):
+        import torch  # here, not at the top: ONNX-only serving never loads PyTorch
+
         if device == "cpu":
             torch.set_num_threads(threads or available_cores())
         self.device = torch.device(device)
@@ -77,13 +81,15 @@ class TorchPredictor:
         self.description = f"torch ({device})"
         self.input_size = input_size
 
-    @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(
-            self.device, memory_format=torch.channels_last
-        )
-        fused = self.model(inputs)[0]
-        return torch.sigmoid(fused)[:, 0].float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(
+                self.device, memory_format=torch.channels_last
+            )
+            fused = self.model(inputs)[0]
+            return torch.sigmoid(fused)[:, 0].float().cpu().numpy()
 
 
 class OnnxPredictor:

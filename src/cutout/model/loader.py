@@ -6,7 +6,6 @@ from __future__ import annotations
 import tempfile
 
 from cutout.model.inference import INPUT_SIZE, MaskPredictor, OnnxPredictor, TorchPredictor
-from cutout.model.weights import load_model
 from cutout.platform import storage
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -36,6 +35,8 @@ def load_predictor(
         with storage.local_copy(uri) as local:
             return OnnxPredictor(local, threads=threads)
     if lowered.endswith(TORCH_SUFFIXES):
+        from cutout.model.weights import load_model  # PyTorch loads only for PyTorch models
+
         model, metadata = load_model(uri)
         input_size = metadata.get("input_size", INPUT_SIZE)
         return TorchPredictor(model, device=device, threads=threads, input_size=input_size)

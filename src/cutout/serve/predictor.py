@@ -21,9 +21,9 @@ from typing import Any
 import kserve
 import numpy as np
 
-from cutout.compose import alpha_from_probabilities
+from cutout.compose import alpha_at_size
 from cutout.evaluate.confidence import mask_confidence
-from cutout.model.inference import MaskPredictor, minmax_normalise, preprocess, upscale_probabilities
+from cutout.model.inference import MaskPredictor, minmax_normalise, preprocess
 from cutout.model.loader import REGISTRY_SCHEME, load_predictor
 from cutout.platform import storage
 from cutout.serve import codec
@@ -118,7 +118,7 @@ def render(photo: Photo, probabilities: np.ndarray) -> PhotoResult:
     agree; the score reads the map as the network gave it, as `cutout calibrate-threshold` does.
     """
     image, options = photo.image, photo.options
-    alpha = alpha_from_probabilities(upscale_probabilities(minmax_normalise(probabilities), image.size))
+    alpha = alpha_at_size(minmax_normalise(probabilities), image.size)
     mask_png = encode_png(alpha) if options.wants_mask else None
     cutout_png = render_cutout(photo, alpha) if options.wants_cutout else None
     score = mask_confidence(probabilities)
