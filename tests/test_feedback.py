@@ -103,6 +103,17 @@ def test_readers_skip_half_written_items(tmp_path: Path) -> None:
         feedback.load_pending(root, half.name)
 
 
+def test_a_damaged_item_does_not_block_the_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = str(tmp_path / "fb")
+    feedback.route_item(root, _item(0.1))
+    pending = tmp_path / "fb" / "review" / "pending"
+    for name, text in (("broken-json", "{not json"), ("wrong-id", json.dumps({"id": "someone-else"}))):
+        (pending / name).mkdir()
+        (pending / name / "item.json").write_text(text)
+    assert len(feedback.list_pending(root)) == 1
+    assert "broken-json" in caplog.text and "wrong-id" in caplog.text
+
+
 @pytest.mark.parametrize("bad", ["", "..", "../x", "a/b", "a\\b", ".hidden", "x" * 129, "a b"])
 def test_item_ids_cannot_leave_the_queue(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="invalid item id"):

@@ -227,14 +227,26 @@ class PendingItem:
 def list_pending(feedback_uri: str) -> list[dict]:
     """The ``item.json`` of every complete pending item, lowest score first.
 
-    Items without ``item.json`` are still being written and are left out.
+    Items without ``item.json`` are still being written and are left out; so is an item whose
+    ``item.json`` cannot be read (logged), so that one damaged item does not block the whole queue.
     """
     root = pending_root(feedback_uri)
     items = []
     for uri in storage.list_files(root, suffixes=(f"/{ITEM_FILE}",)):
         relative = uri[len(root) :].strip("/").split("/")
-        if len(relative) == 2 and ITEM_ID_PATTERN.fullmatch(relative[0]):
-            items.append(json.loads(storage.read_bytes(uri)))
+        if len(relative) != 2 or not ITEM_ID_PATTERN.fullmatch(relative[0]):
+            continue
+        try:
+            item = json.loads(storage.read_bytes(uri))
+        except (OSError, ValueError) as error:
+            logger.warning(
+                "skipping review item %s: its %s is unreadable (%s)", relative[0], ITEM_FILE, error
+            )
+            continue
+        if isinstance(item, dict) and item.get("id") == relative[0]:
+            items.append(item)
+        else:
+            logger.warning("skipping review item %s: its %s does not describe it", relative[0], ITEM_FILE)
     return sorted(items, key=lambda item: (item.get("score", 0.0), item["id"]))
 
 
