@@ -1,0 +1,345 @@
+"""One function per pipeline step, called by the KFP components in `components/` (and by tests directly).
+
+Where a run's data goes: every step writes a new dataset (or report) into the run's folder,
+
+    <work>/<run id>/merged, clean, clustered, augmented, training/, evaluation/, calibration/,
+                    deploy/, outcome.json
+
+where `<work>` is the `work_uri` pipeline parameter, or `runs/` beside the raw data when it is empty, and
+the run id is the KFP run's. The data stays in our store (S3, or a local folder) rather than KFP's
+artifact store: the training job's workers read it from there. KFP artifacts point at it
+(`pointer`): each carries the location and the step's counts as metadata, which the KFP UI shows.
+
+Training runs locally under `horovodrun` (`cutout train --workers N`) or on the cluster as a Training
+Operator MPIJob (`cutout.platform.launcher.train_on_cluster`), optionally in two stages: most epochs at a
+low resolution, then a fine-tune at the final size from the first stage's checkpoint (`--pretrained`), as
+`make demo` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from cutout.platform import storage
+
+RUNS_FOLDER = "runs"
+OUTCOME_FILE = "outcome.json"
+RUN_INFO = "run-{stage}.json"
+LOW_RESOLUTION, FINAL = "low-resolution", "final"
+_RELATIVE_IMAGE = re.compile(r"""src=(['"])(?![a-z]+:|/)([^'"]+)\1""")
+
+
+# --- where things go --------------------------------------------------------------------------------
+
+
+def parent_uri(uri: str) -> str:
+    """The folder or prefix that holds `uri` (`s3://b/data/raw` → `s3://b/data`)."""
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(uri)
+        head = key.rstrip("/").rpartition("/")[0]
+        return f"s3://{bucket}/{head}" if head else f"s3://{bucket}"
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def run_folder(data_uri: str, work_uri: str, run_id: str, *parts: str) -> str:
+    """The run's folder `<work_uri>/<run_id>` (or `runs/<run_id>` beside the raw data), joined with `parts`.
+
+    Raises:
+        ValueError: An empty run id, or one that is not a plain name.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_id or ""):
+        raise ValueError(f"run id {run_id!r} is not a plain name (letters, digits, '.', '_', '-')")
+    work = work_uri or storage.join(parent_uri(data_uri), RUNS_FOLDER)
+    return storage.join(work, run_id, *parts)
+
+
+def sibling(dataset_uri: str, name: str) -> str:
+    """The folder beside a dataset in the same run folder (`…/<run>/merged` → `…/<run>/clean`)."""
+    return storage.join(parent_uri(dataset_uri), name)
+
+
+def pointer(path: str, metadata: dict) -> dict:
+    """Write `metadata` as JSON to a KFP artifact's local `path`; return it for the artifact's metadata.
+
+    The artifact's file is what KFP uploads to its own store: a small pointer, not the data.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(metadata, stream, indent=2)
+    return metadata
+
+
+def self_contained_html(index_uri: str) -> str:
+    """An HTML report with its relative images inlined as data URIs, for a one-file KFP HTML artifact."""
+    page, folder = storage.read_text(index_uri), parent_uri(index_uri)
+
+    def inline(match: re.Match) -> str:
+        quote, name = match.groups()
+        kind = mimetypes.guess_type(name)[0] or "image/png"
+        try:
+            data = base64.b64encode(storage.read_bytes(storage.join(folder, name))).decode()
+        except FileNotFoundError:
+            return match.group(0)
+        return f"src={quote}data:{kind};base64,{data}{quote}"
+
+    return _RELATIVE_IMAGE.sub(inline, page)
+
+
+# --- data steps: thin wrappers that say where their output went -------------------------------------
+
+
+def clean(src: str, out: str, size: int) -> dict:
+    """`cutout data clean`: the cleaned dataset's location and counts."""
+    from cutout.data.clean import clean_dataset
+
+    return {"uri": out, **asdict(clean_dataset(src, out, size))}
+
+
+def cluster(src: str, out: str, k: int, val_fraction: float, overrides: str | None = None) -> dict:
+    """`cutout data cluster`: location, counts per type and split, and the contact sheet's URI."""
+    from cutout.data.cluster import cluster_dataset
+
+    summary = asdict(cluster_dataset(src, out, k, overrides or None, val_fraction))
+    return {"uri": out, "contact_sheet": storage.join(out, "report", "index.html"), **summary}
+
+
+def augment(src: str, out: str, copies: int) -> dict:
+    """`cutout data augment`: location and counts per cluster."""
+    from cutout.data.augment import augment_dataset
+
+    summary = asdict(augment_dataset(src, out, copies))
+    return {"uri": out, **{key: value for key, value in summary.items() if key not in ("src", "dst")}}
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What `cutout train` gets; `low_res_epochs` > 0 adds a first stage at `low_res_size`."""
+
+    model: str = "u2net"
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-3
+    input_size: int = 320
+    crop: int = 288
+    warmup_epochs: float = 1.0
+    low_res_epochs: int = 0
+    low_res_size: int = 160
+    low_res_lr: float = 2e-3
+    low_res_warmup_epochs: float = 0.3
+    workers: int = 2
+    loader_workers: int | None = None  # None: 1 locally (workers share a few cores), 4 on GPU nodes
+
+    def stages(self) -> list[tuple[str, list[str]]]:
+        """(stage, `cutout train` flags) per stage; the final one fine-tunes the first (`--pretrained`)."""
+        final = ["--epochs", self.epochs, "--input-size", self.input_size, "--crop", min(self.crop,
+                 self.input_size), "--lr", self.lr, "--warmup-epochs", self.warmup_epochs]  # fmt: skip
+        stages = [(FINAL, final)]
+        if self.low_res_epochs > 0:
+            size = self.low_res_size
+            low = ["--epochs", self.low_res_epochs, "--input-size", size, "--crop", size,
+                   "--lr", self.low_res_lr, "--warmup-epochs", self.low_res_warmup_epochs]  # fmt: skip
+            stages.insert(0, (LOW_RESOLUTION, low))
+        return [(stage, [str(flag) for flag in flags]) for stage, flags in stages]
+
+
+@dataclass(frozen=True)
+class ClusterTraining:
+    """Where and how the MPIJob runs (see `cutout.platform.mpijob.MPIJobConfig`)."""
+
+    job_name: str
+    namespace: str = "cutout"
+    image: str = ""  # empty: cutout-train:<version>
+    gpus_per_worker: int = 1
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    timeout_s: float = 86_400.0
+
+
+def train(data: str, out: str, settings: TrainSettings, on_cluster: ClusterTraining | None = None) -> dict:
+    """Train every stage; return the final stage's run info (run id, model URI, checkpoint) and the stages'.
+
+    Args:
+        data: The augmented dataset (with its `val` split).
+        out: The training folder: `checkpoints/<stage>/`, `run-<stage>.json` (and TensorBoard logs locally).
+        settings: Hyper-parameters and workers.
+        on_cluster: Run each stage as an MPIJob; None runs `horovodrun -np <workers>` here.
+
+    Raises:
+        RuntimeError: A local stage exited with an error.
+        cutout.platform.launcher.StepFailed: An MPIJob failed or timed out.
+    """
+    pretrained, infos = None, {}
+    for stage, flags in settings.stages():
+        if pretrained:
+            flags = [*flags, "--pretrained", pretrained]
+        loaders = settings.loader_workers or (1 if on_cluster is None else 4)
+        flags += ["--run-name", f"pipeline-{stage}", "--loader-workers", str(loaders)]
+        run_info = storage.join(out, RUN_INFO.format(stage=stage))
+        checkpoints = storage.join(out, "checkpoints", stage)
+        print(f"training stage {stage}: {' '.join(flags)}", flush=True)
+        if on_cluster is None:
+            _train_here(data, settings, flags, checkpoints, run_info, storage.join(out, "tensorboard", stage))
+        else:
+            _train_on_cluster(data, settings, flags, checkpoints, run_info, on_cluster, stage)
+        infos[stage] = json.loads(storage.read_text(run_info))
+        pretrained = infos[stage]["checkpoint"]
+    return {**infos[FINAL], "stages": infos}
+
+
+def _train_here(data: str, settings: TrainSettings, flags: list[str], checkpoints: str, run_info: str,
+                log_dir: str) -> None:  # fmt: skip
+    from cutout.train.train import cli
+
+    if storage.is_s3(log_dir):  # TensorBoard writes locally; the run uploads the logs to MLflow
+        log_dir = tempfile.mkdtemp(prefix="cutout-tensorboard-")
+    argv = [data, "--model", settings.model, "--batch-size", str(settings.batch_size), *flags,
+            "--workers", str(settings.workers), "--checkpoint-dir", checkpoints, "--run-info", run_info,
+            "--log-dir", log_dir]  # fmt: skip
+    status = cli(argv)
+    if status != 0:
+        raise RuntimeError(f"cutout train {' '.join(argv)} failed with exit status {status}")
+
+
+def _train_on_cluster(data: str, settings: TrainSettings, flags: list[str], checkpoints: str, run_info: str,
+                      cluster: ClusterTraining, stage: str) -> None:  # fmt: skip
+    from kubernetes.client import V1Toleration
+
+    from cutout.platform import mpijob
+    from cutout.platform.launcher import train_on_cluster
+
+    args = mpijob.TrainingArgs(data, checkpoints, run_info, settings.model, _flag(flags, "--epochs"),
+                               settings.batch_size, tuple(_without(flags, "--epochs")))  # fmt: skip
+    pool = mpijob.NodePool(dict(cluster.node_selector), tuple(V1Toleration(**t) for t in cluster.tolerations))
+    config = mpijob.MPIJobConfig(
+        name=f"{cluster.job_name}-{'low' if stage == LOW_RESOLUTION else 'final'}"[:63].rstrip("-"),
+        namespace=cluster.namespace, image=cluster.image or mpijob.DEFAULT_IMAGE, workers=settings.workers,
+        gpus_per_worker=cluster.gpus_per_worker, node_pool=pool,
+    )  # fmt: skip
+    train_on_cluster(args, config, timeout_s=cluster.timeout_s)
+
+
+def _flag(flags: list[str], name: str) -> int:
+    return int(flags[flags.index(name) + 1])
+
+
+def _without(flags: list[str], name: str) -> list[str]:
+    index = flags.index(name)
+    return flags[:index] + flags[index + 2 :]
+
+
+def job_name(run_id: str) -> str:
+    """An MPIJob name from a run id: `cutout-train-<first 8 letters or digits>`."""
+    tail = re.sub(r"[^a-z0-9]", "", run_id.lower())[:8] or "run"
+    return f"cutout-train-{tail}"
+
+
+# --- evaluation, registry, deployment ----------------------------------------------------------------
+
+
+def evaluate(model_uri: str, data: str, out: str, run_id: str | None) -> dict:
+    """Evaluate on the `val` split, write the report to `out`, and log both to the training run.
+
+    Returns:
+        The metrics (`mean_iou`, …, `per_cluster`) and the report's URI as `report`.
+    """
+    from cutout.evaluate.evaluation import evaluate_model
+
+    result = evaluate_model(model_uri, data, out, split="val")
+    if run_id:
+        import mlflow
+
+        from cutout.platform.tracking import configure_tracking, log_report
+
+        configure_tracking()
+        with mlflow.start_run(run_id=run_id):
+            log_report(out)
+            numbers = {f"eval_{k}": v for k, v in result.metrics.items() if isinstance(v, int | float)}
+            mlflow.log_metrics(numbers)
+    return {**result.metrics, "report": result.report}
+
+
+def register_and_promote(run_id: str, metrics: dict, holdout: str, margin: float,
+                         calibration_out: str | None = None, metric: str = "mean_iou") -> dict:  # fmt: skip
+    """Register the run's model with its metrics, promote it if it beats the champion by `margin`.
+
+    With `calibration_out`, the new version's routing threshold is also chosen on the holdout's `val`
+    split and stored on it (what the feedback transformer uses unless told otherwise).
+
+    Returns:
+        `version`, `model_uri` (`models:/cutout/<version>`), `promoted`, `reason`, the scores, `threshold`.
+    """
+    from cutout.platform.registry import MODEL_NAME, promote, register_model, set_routing_threshold
+    from cutout.platform.tracking import manifest_hash
+
+    scores = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+    version = register_model(run_id, MODEL_NAME, scores, manifest_hash(holdout))
+    model_uri = f"models:/{MODEL_NAME}/{version}"
+    threshold = None
+    if calibration_out:
+        from cutout.evaluate.calibration import calibrate_threshold
+
+        threshold = calibrate_threshold(model_uri, holdout, "val", calibration_out).choice.threshold
+        set_routing_threshold(model_uri, threshold)
+    decision = promote(MODEL_NAME, version, metric=metric, margin=margin)
+    print(f"{MODEL_NAME} version {version}: {'promoted' if decision.promoted else 'not promoted'}: "
+          f"{decision.reason}", flush=True)  # fmt: skip
+    return {**asdict(decision), "model_uri": model_uri, "threshold": threshold}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where and how the deploy step serves a model version."""
+
+    namespace: str = "cutout"
+    image: str = ""  # empty: cutout-serve:<version>
+    canary_percent: int | None = None
+    timeout_s: float = 900.0
+
+
+def deploy(model_uri: str, feedback_uri: str, threshold: float | None, out: str, deployment: Deployment,
+           on_cluster: bool) -> dict:  # fmt: skip
+    """Roll the model version out as the InferenceService; locally, write what would be deployed instead.
+
+    Returns:
+        `deployed` (bool), the InferenceService's YAML URI as `manifest`, and on the cluster `url`/`action`.
+    """
+    import yaml
+
+    from cutout.platform import inference_service as isvc
+    from cutout.platform.sdk_models import to_dict
+
+    config = isvc.InferenceServiceConfig(
+        namespace=deployment.namespace, image=deployment.image or isvc.DEFAULT_IMAGE, model_uri=model_uri,
+        feedback_uri=feedback_uri, threshold=threshold, canary_traffic_percent=deployment.canary_percent,
+    )  # fmt: skip
+    manifest = storage.join(out, "inference-service.yaml")
+    service = to_dict(isvc.build_inference_service(config))
+    storage.write_text(manifest, yaml.safe_dump(service, sort_keys=False))
+    if not on_cluster:
+        print(f"local run: not deploying {model_uri}; the InferenceService it would apply: {manifest}")
+        return {"deployed": False, "manifest": manifest}
+    from cutout.platform.launcher import deploy_model
+
+    done = deploy_model(config, timeout_s=deployment.timeout_s)
+    return {"deployed": True, "manifest": manifest, "url": done.url, "action": done.action}
+
+
+def record_outcome(folder: str, state: str, task: str, error_code: int | None, error_message: str | None,
+                   job: str = "") -> dict:  # fmt: skip
+    """Write the run's outcome to `<folder>/outcome.json` and print it (the exit handler's step)."""
+    outcome = {"state": state, "job": job, "task": task, "error_code": error_code,
+               "error_message": error_message or None, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+               time.gmtime()), "folder": folder}  # fmt: skip
+    storage.write_text(storage.join(folder, OUTCOME_FILE), json.dumps(outcome, indent=2) + "\n")
+    print(f"pipeline run {state}: {json.dumps(outcome)}", flush=True)
+    return outcome
