@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Outside the repository, so a fresh clone reuses the Horovod wheel built once (about 10 minutes).
 export CUTOUT_WHEEL_CACHE ?= $(HOME)/.cache/cutout/wheels
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench lint format clean images
 
 $(STAMP): pyproject.toml scripts/build-horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml scripts/build-horovod.sh
 	# torch first, from the local disk (see NOTES.md): a CUDA build that also runs on the CPU
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# checkov pins boto3, packaging and networkx against ours: a venv of its own (tests/test_manifests.py)
+	test -x $(VENV)/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/checkov && \
+		$(VENV)/checkov/bin/pip install --quiet checkov==3.3.30; }
 	scripts/build-horovod.sh $(PY)
 	touch $(STAMP)
 
@@ -21,8 +24,9 @@ demo: $(STAMP)
 	$(PY) -m cutout.demo --workdir .cutout/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests components pipelines
+	$(VENV)/bin/ruff check src tests components pipelines
+	scripts/install-chromium.sh  # Debian's Chromium for the review page's browser test (once)
 	$(VENV)/bin/pytest
 
 # Data benchmarks make their inputs once, into ~/.cache/cutout/bench (the first run takes a while longer).
@@ -38,12 +42,16 @@ bench: $(STAMP)
 	$(PY) -m tests.benchmarks.bench_serve --soak-requests $(BENCH_SOAK_REQUESTS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests components pipelines
+	$(VENV)/bin/ruff check src tests components pipelines
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests components pipelines
+	$(VENV)/bin/ruff check --fix src tests components pipelines
+
+# Container images (needs a Docker engine): make images [REGISTRY=registry.example/team/ TAG=0.1.0 PUSH=1]
+images:
+	scripts/build-images.sh $(if $(PUSH),--push)
 
 clean:
 	rm -rf $(VENV) .cutout .pytest_cache
