@@ -21,9 +21,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from fake_http import LocalHTTPServer
 
 MPIJOBS = ("kubeflow.org", "v1", "mpijobs")
 ISVCS = ("serving.kserve.io", "v1beta1", "inferenceservices")
@@ -56,7 +58,7 @@ class ServiceScript:
     message: str = "Revision cutout-predictor-00002 failed with message: Back-off pulling image."
 
 
-class FakeKube:
+class FakeKube(LocalHTTPServer):
     """The server, its stored objects and what it was asked; a context manager that starts and stops it."""
 
     def __init__(self) -> None:
@@ -71,22 +73,11 @@ class FakeKube:
         self._reads: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> FakeKube:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
+        super().__init__(_handler(self))
 
     def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._stopping.set()  # log streams still open end first
+        super().__exit__(*exc)
 
     def job_state(self, namespace: str, name: str) -> str | None:
         """The state the job showed at its last read (None: not created or deleted)."""

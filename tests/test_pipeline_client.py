@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,11 +20,12 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cutout.pipeline import client
 from cutout.pipeline.cron import CronError
+from fake_http import LocalHTTPServer
 
 API = "/apis/v2beta1"
 
 
-class FakeKFP:
+class FakeKFP(LocalHTTPServer):
     """The few routes `kfp.Client` uses to submit and schedule; every request and body is recorded.
 
     Like the real API server it refuses (400) a pipeline spec that its protos do not accept strictly, an
@@ -37,21 +37,7 @@ class FakeKFP:
         self.runs: list[dict] = []
         self.recurring_runs: list[dict] = []
         self.requests: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> FakeKFP:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self))
 
     def handle(self, method: str, url: str, body: dict | None) -> tuple[int, dict]:
         parts = urlsplit(url)
