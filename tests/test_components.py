@@ -20,7 +20,7 @@ from PIL import Image
 
 from cutout.data.manifest import read_jsonl, read_manifest
 from cutout.data.synth import synthesize_dataset
-from cutout.pipeline.client import load_pipeline
+from cutout.platform.pipelines import load_pipeline
 from cutout.serve.feedback import write_pair
 
 load_pipeline()  # puts the checkout's components/ on the import path when it is not installed

@@ -17,8 +17,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from mlflow.tracking import MlflowClient
 
 from cutout.data.synth import synthesize_dataset
-from cutout.pipeline import client
 from cutout.pipeline.cron import CronError, validate_cron
+from cutout.platform import pipelines as client
 
 STEPS = {
     "merge-feedback",

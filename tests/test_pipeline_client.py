@@ -18,8 +18,8 @@ import yaml
 from google.protobuf.json_format import ParseDict, ParseError
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cutout.pipeline import client
 from cutout.pipeline.cron import CronError
+from cutout.platform import pipelines as client
 from fake_http import LocalHTTPServer
 
 API = "/apis/v2beta1"

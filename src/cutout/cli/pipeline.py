@@ -46,7 +46,7 @@ def pipeline_compile(
     out: Annotated[Path, typer.Option("-o", "--out", help="The YAML file to write.")],
 ) -> None:
     """Compile the pipeline to YAML (steps' image: $CUTOUT_PIPELINE_IMAGE, else cutout-pipeline:VERSION)."""
-    from cutout.pipeline.client import compile_pipeline
+    from cutout.platform.pipelines import compile_pipeline
 
     console.print(f"compiled the training pipeline to {compile_pipeline(out)}")
 
@@ -54,7 +54,7 @@ def pipeline_compile(
 @pipeline_app.command("params")
 def pipeline_params() -> None:
     """List the pipeline's parameters, their types and defaults."""
-    from cutout.pipeline.client import pipeline_parameters
+    from cutout.platform.pipelines import pipeline_parameters
 
     for name, spec in pipeline_parameters().items():
         default = "(required)" if spec["default"] is None else repr(spec["default"])
@@ -72,7 +72,7 @@ def pipeline_run(
     ] = Path(".cutout/kfp"),
 ) -> None:
     """Run the pipeline end to end on this machine with kfp.local (each step a subprocess of this Python)."""
-    from cutout.pipeline.client import parse_params, run_local
+    from cutout.platform.pipelines import parse_params, run_local
 
     arguments = _parsed(parse_params, param)
     if local:
@@ -101,7 +101,7 @@ def pipeline_submit(
     pipeline_root: PipelineRoot = None,
 ) -> None:
     """Start one run on a KFP server; prints the run id (what the GitOps CronJob runs)."""
-    from cutout.pipeline.client import check_required, connect, parse_params, submit
+    from cutout.platform.pipelines import check_required, connect, parse_params, submit
 
     arguments = _parsed(parse_params, param)
     _parsed(check_required, arguments)
@@ -128,8 +128,8 @@ def pipeline_schedule(
     pipeline_root: PipelineRoot = None,
 ) -> None:
     """Create a KFP recurring run on a cron schedule (checked before anything is sent); prints its id."""
-    from cutout.pipeline.client import check_required, connect, parse_params, schedule
     from cutout.pipeline.cron import CronError, validate_cron
+    from cutout.platform.pipelines import check_required, connect, parse_params, schedule
 
     try:
         validate_cron(cron)

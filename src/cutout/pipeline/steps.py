@@ -13,7 +13,8 @@ artifact store: the training job's workers read it from there. KFP artifacts poi
 Training runs locally under `horovodrun` (`cutout train --workers N`) or on the cluster as a Training
 Operator MPIJob (`cutout.platform.launcher.train_on_cluster`), optionally in two stages: most epochs at a
 low resolution, then a fine-tune at the final size from the first stage's checkpoint (`--pretrained`), as
-`make demo` does.
+`make demo` does. The first stage itself may fine-tune given weights, e.g. the current champion
+(`models:/cutout@champion`) in scheduled retraining.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def augment(src: str, out: str, copies: int) -> dict:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What `cutout train` gets; `low_res_epochs` > 0 adds a first stage at `low_res_size`."""
+    """What `cutout train` gets; `low_res_epochs` > 0 adds a first stage at `low_res_size`.
+
+    `pretrained` (a checkpoint, `s3://` URI or `models:/cutout@champion`) is what the first stage
+    fine-tunes; empty: it starts from scratch. A `models:/…@alias` naming no version yet falls back to
+    training from scratch with a printed note (`cutout.train.train.pin_pretrained`).
+    """
 
     model: str = "u2net"
     epochs: int = 30
@@ -138,6 +144,7 @@ class TrainSettings:
     low_res_warmup_epochs: float = 0.3
     workers: int = 2
     loader_workers: int | None = None  # None: 1 locally (workers share a few cores), 4 on GPU nodes
+    pretrained: str = ""
 
     def stages(self) -> list[tuple[str, list[str]]]:
         """(stage, `cutout train` flags) per stage; the final one fine-tunes the first (`--pretrained`)."""
@@ -178,7 +185,7 @@ def train(data: str, out: str, settings: TrainSettings, on_cluster: ClusterTrain
         RuntimeError: A local stage exited with an error.
         cutout.platform.launcher.StepFailed: An MPIJob failed or timed out.
     """
-    pretrained, infos = None, {}
+    pretrained, infos = settings.pretrained or None, {}
     for stage, flags in settings.stages():
         if pretrained:
             flags = [*flags, "--pretrained", pretrained]

@@ -28,7 +28,7 @@ from cutout.pipeline.cron import validate_cron
 PIPELINE_MODULE = "pipelines.training"
 PIPELINE_FUNCTION = "cutout_training_pipeline"
 DEFAULT_EXPERIMENT = "cutout"
-CHECKOUT_ROOT = Path(__file__).resolve().parents[3]  # src/cutout/pipeline/client.py → the repository
+CHECKOUT_ROOT = Path(__file__).resolve().parents[3]  # src/cutout/platform/pipelines.py → the repository
 # KFP's parameter types, as compiled, and how a command-line value becomes one.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "STRING": str,
