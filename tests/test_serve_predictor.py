@@ -29,6 +29,7 @@ from cutout.compose import product_box
 from cutout.model.export import export_model
 from cutout.serve.photos import CutoutOptions, Photo
 from cutout.serve.predictor import BackgroundRemover
+from cutout.serve.server import bound_allocator_growth
 from helpers import product_photo
 from serving import (
     JSON,
@@ -545,6 +546,13 @@ def test_both_runtimes_give_the_same_cutout(u2netp_checkpoint: Path, tmp_path: P
         BackgroundRemover(MODEL, str(onnx_file), "torch").load()
     with pytest.raises(ValueError, match=r"needs an \.onnx file"):
         BackgroundRemover(MODEL, str(u2netp_checkpoint), "onnx").load()
+
+
+def test_servers_bound_the_allocator_on_glibc() -> None:
+    """glibc accepts both settings (mallopt answers 0 to a parameter it does not know)."""
+    import platform
+
+    assert bound_allocator_growth() == (platform.libc_ver()[0] == "glibc")
 
 
 def test_the_champion_from_a_local_registry(u2netp_checkpoint: Path, mlflow_local: Path) -> None:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import ctypes
 import logging
 import signal
 import threading
@@ -133,6 +134,7 @@ def serve_model(
         SystemExit: with status 1 when the model fails to load or the port can't be bound; with
             status 0 on SIGTERM, once the server has shut down (callers' ``finally`` blocks run).
     """
+    bound_allocator_growth()
     # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: this one turns it
     # into an exception, so the stack unwinds (the transformer writes its queue) and the status is 0.
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -146,6 +148,33 @@ def serve_model(
         asyncio.run(_serve_and_load(uvicorn.Server(config), model))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 1 << 20
+ARENA_MAX = 2
+
+
+def bound_allocator_growth() -> bool:
+    """Keep a long-running server's resident memory flat; False where the C library is not glibc.
+
+    Each request allocates a few large buffers (the photo, its pixels, PNGs, base64 text) on worker
+    threads. glibc raises its mmap threshold every time such a buffer is freed, so later ones come from
+    per-thread heaps that fragment and never shrink: a transformer grew from 366 to 408 MiB over 800
+    requests, and by 80 MiB per 1,000 in the soak. With a fixed 1 MiB threshold (large buffers go back
+    to the system when freed) and two arenas it stayed at 224–230 MiB (the predictor: 497 MiB against
+    546), measured side by side on the same requests. Set here rather than by MALLOC_* variables so that
+    every way of starting a server gets it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
