@@ -20,6 +20,7 @@ def train(
     low_res_epochs: int,
     low_res_size: int,
     low_res_lr: float,
+    pretrained: str,
     workers: int,
     gpus_per_worker: int,
     node_selector: dict,
@@ -38,6 +39,8 @@ def train(
         model_variant, epochs, batch_size, lr, warmup_epochs, input_size, crop: As for `cutout train`
             (the batch size is per worker).
         low_res_epochs, low_res_size, low_res_lr: The first stage; 0 epochs for one stage only.
+        pretrained: Weights the first stage fine-tunes (checkpoint, s3:// or `models:/cutout@champion`, which
+            trains from scratch, with a note, while the registry has no champion); empty: from scratch.
         workers, gpus_per_worker: Horovod workers (pods on the cluster, processes locally) and their GPUs.
         node_selector, tolerations: The on-demand GPU node pool the MPIJob's pods are pinned to.
         namespace, train_image, timeout_s: Where the MPIJob runs, its image (empty: default), its time limit.
@@ -48,7 +51,8 @@ def train(
 
     src = data.metadata["uri"]
     settings = steps.TrainSettings(model_variant, epochs, batch_size, lr, input_size, crop, warmup_epochs,
-                                   low_res_epochs, low_res_size, low_res_lr, workers=workers)  # fmt: skip
+                                   low_res_epochs, low_res_size, low_res_lr, workers=workers,
+                                   pretrained=pretrained)  # fmt: skip
     cluster = None
     if not local:
         cluster = steps.ClusterTraining(steps.job_name(run_id), namespace, train_image, gpus_per_worker,

@@ -69,6 +69,7 @@ def cutout_training_pipeline(
     low_res_epochs: int = 0,
     low_res_size: int = 160,
     low_res_lr: float = 2e-3,
+    pretrained: str = "",
     workers: int = 2,
     gpus_per_worker: int = 1,
     gpu_node_selector: dict = ON_DEMAND_GPU_NODES,
@@ -94,6 +95,9 @@ def cutout_training_pipeline(
         clean_size, clusters, val_fraction, cluster_overrides, augment_copies: The data steps' settings.
         epochs, batch_size, lr, warmup_epochs, input_size, crop: Training (batch and rate per worker).
         low_res_epochs, low_res_size, low_res_lr: A first stage at a low resolution; 0 epochs: none.
+        pretrained: Weights the first stage fine-tunes: a checkpoint (path or s3://) or a registry URI;
+            `models:/cutout@champion` fine-tunes the current champion (scheduled retraining) and trains
+            from scratch, with a loud note, while there is none. Empty: from scratch.
         workers: Horovod workers (MPIJob worker pods; local processes with `local`).
         gpus_per_worker: GPUs per worker pod (one rank each).
         gpu_node_selector: Labels of the on-demand GPU node pool (spot nodes kill long training).
@@ -137,6 +141,7 @@ def cutout_training_pipeline(
                 low_res_epochs=low_res_epochs,
                 low_res_size=low_res_size,
                 low_res_lr=low_res_lr,
+                pretrained=pretrained,
                 workers=workers,
                 gpus_per_worker=gpus_per_worker,
                 node_selector=gpu_node_selector,

@@ -38,7 +38,7 @@ from components.train import train  # noqa: E402
 RUN = "run-1"
 TRAIN = {"model_variant": "u2netp", "epochs": 1, "batch_size": 2, "lr": 2e-3, "warmup_epochs": 0.1,
          "input_size": 48, "crop": 48, "low_res_epochs": 0, "low_res_size": 32, "low_res_lr": 2e-3,
-         "workers": 1, "gpus_per_worker": 1, "node_selector": {"pool": "gpu-on-demand"},
+         "pretrained": "", "workers": 1, "gpus_per_worker": 1, "node_selector": {"pool": "gpu-on-demand"},
          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
          "namespace": "team-a", "train_image": "", "timeout_s": 60.0}  # fmt: skip
 
@@ -201,7 +201,8 @@ def test_train_on_the_cluster_runs_each_stage_as_an_mpijob_on_the_gpu_pool(works
         (training / "training" / f"run-{stage}.json").write_text(json.dumps(info))
     out = _output(Model, workspace / "kfp" / "train-cluster", "model")
     train.python_func(data=data, run_id="3f2a9c1e-77aa", local=False, model=out,
-                      **{**TRAIN, "low_res_epochs": 2, "workers": 2})  # fmt: skip
+                      **{**TRAIN, "low_res_epochs": 2, "workers": 2,
+                         "pretrained": "models:/cutout@champion"})  # fmt: skip
     assert out.metadata["run_id"] == "r-final" and list(out.metadata["stages"]) == ["low-resolution", "final"]
     names = [job["metadata"]["name"] for job in fake.created]
     assert names == ["cutout-train-3f2a9c1e-low", "cutout-train-3f2a9c1e-final"]
@@ -210,7 +211,11 @@ def test_train_on_the_cluster_runs_each_stage_as_an_mpijob_on_the_gpu_pool(works
     assert worker["replicas"] == 2 and final["metadata"]["namespace"] == "team-a"
     assert worker["template"]["spec"]["nodeSelector"] == {"pool": "gpu-on-demand"}
     assert worker["template"]["spec"]["tolerations"] == TRAIN["tolerations"]
-    command = final["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    first, command = (
+        job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+        for job in fake.created
+    )
+    assert first[first.index("--pretrained") + 1] == "models:/cutout@champion"  # the first stage's start
     assert command[command.index("--pretrained") + 1] == "s3://b/low-resolution/last.pt"
     assert command[command.index("--input-size") + 1] == "48"
     assert [name for _, _, name, _ in fake.deleted] == names  # each job cleaned up

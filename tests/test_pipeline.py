@@ -92,9 +92,10 @@ def test_the_parameters_the_platform_engineers_set(compiled):
     parameters = compiled[0].root.input_definitions.parameters
     wanted = {"data_uri", "feedback_uri", "model_variant", "epochs", "workers", "gpus_per_worker",
               "gpu_node_selector", "gpu_tolerations", "routing_threshold", "promotion_margin", "deploy_model",
-              "low_res_epochs", "low_res_size", "local"}  # fmt: skip
+              "low_res_epochs", "low_res_size", "pretrained", "local"}  # fmt: skip
     assert wanted <= parameters.keys()
     assert not parameters["data_uri"].is_optional  # the only required one
+    assert parameters["pretrained"].default_value.string_value == ""  # from scratch unless asked
     selector = parameters["gpu_node_selector"].default_value.struct_value
     assert dict(selector) == {"eks.amazonaws.com/capacityType": "ON_DEMAND"}  # on-demand, never spot
 

@@ -123,6 +123,37 @@ def test_fine_tuning_starts_from_official_weights(data, tmp_path):
     )  # lr 0: still the official weights
 
 
+def test_fine_tuning_starts_from_the_registry_champion_or_from_scratch_while_there_is_none(
+    data, tmp_path, mlflow_local, u2netp_checkpoint, capsys
+):
+    from cutout.platform import registry
+    from cutout.platform.tracking import start_run
+    from cutout.train.train import load_pretrained, pin_pretrained
+
+    champion = "models:/cutout@champion"
+    assert pin_pretrained(champion) is None  # an empty registry: a first scheduled run trains from scratch
+    assert "FROM SCRATCH" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"--pretrained models:/cutout/7: not found in the MLflow registry"):
+        load_pretrained("models:/cutout/7", "u2netp")  # a version that does not exist is an error
+
+    with start_run(run_name="champion") as run:
+        registry.log_model(str(u2netp_checkpoint), onnx=False)
+    registry.promote("cutout", registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9}))
+    assert pin_pretrained(champion) == "models:/cutout/1"  # the run records which version it started from
+    assert pin_pretrained(str(u2netp_checkpoint)) == str(u2netp_checkpoint)
+
+    # Two Horovod workers, each fetching the champion from the registry this folder's MLflow default holds.
+    args = [*train_args(data, tmp_path, 1), "--pretrained", champion, "--lr", "0", "--workers", "2"]
+    result = subprocess.run([sys.executable, "-m", "cutout.train", *args], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "FROM SCRATCH" not in result.stdout
+    tuned, start = _final_weights(tmp_path / "checkpoints"), read_state_dict(str(u2netp_checkpoint))[0]
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    learned = [name for name in start if not name.endswith(statistics)]
+    assert all(torch.equal(tuned[name], start[name]) for name in learned)  # lr 0: still the champion's
+
+
 def test_find_batch_size_reports_a_number():
     probe = [
         sys.executable,

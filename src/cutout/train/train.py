@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,9 @@ from cutout.train import checkpoint as ckpt
 from cutout.train import distributed
 from cutout.train.engine import evaluate, train_one_epoch
 from cutout.train.tracking import TrainingTracker
+
+MODELS_SCHEME = "models:/"
+_REGISTRY_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 
 
 @dataclass
@@ -87,9 +92,76 @@ def get_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def pin_pretrained(uri: str | None, tracking_uri: str | None = None, announce: bool = True) -> str | None:
+    """`--pretrained` with a registry alias pinned to the version that holds it now.
+
+    `models:/cutout@champion` becomes `models:/cutout/<version>`, so the run's `pretrained` parameter says
+    which weights it started from. An alias that names no version yet (a first scheduled run on an empty
+    registry) gives None: training starts from scratch, and says so loudly where `announce` (rank 0).
+    Other values are returned as they are.
+
+    Args:
+        uri: What `--pretrained` says: a file, an `s3://` URI, `models:/NAME@ALIAS` or `models:/NAME/VERSION`.
+        tracking_uri: `--tracking-uri`; by default the MLflow settings of the environment.
+        announce: Print the note when falling back to training from scratch.
+    """
+    alias = _REGISTRY_ALIAS.fullmatch(uri or "")
+    if alias is None:
+        return uri or None
+    from cutout.platform.registry import champion_version
+
+    _use_tracking_uri(tracking_uri)
+    version = champion_version(alias["name"], alias["alias"])
+    if version is not None:
+        return f"{MODELS_SCHEME}{alias['name']}/{version.version}"
+    if announce:
+        rule = "!" * 100
+        print(f"{rule}\n!! --pretrained {uri}: the registry has no {alias['name']!r} version with the alias "
+              f"{alias['alias']!r} yet.\n!! Training FROM SCRATCH instead (expected on the first run against "
+              f"an empty registry).\n{rule}", flush=True)  # fmt: skip
+    return None
+
+
+def load_pretrained(uri: str, variant: str, tracking_uri: str | None = None) -> torch.nn.Module:
+    """Weights to fine-tune from: official `.pth`, our checkpoint (local or `s3://`), or a registered model.
+
+    A `models:/…` URI is downloaded from the MLflow registry (its checkpoint) into a temporary folder that
+    is removed once loaded; every Horovod worker does this on its own, with the environment's MLflow
+    settings (in the cluster: the `cutout-mlflow` Secret).
+
+    Raises:
+        ValueError: The registry has no such model version, or it holds no checkpoint.
+    """
+    if not uri.startswith(MODELS_SCHEME):
+        return load_weights(uri, variant=variant)
+    from mlflow.exceptions import MlflowException
+
+    from cutout.platform.registry import CHECKPOINT, resolve_model_uri
+    from cutout.platform.tracking import current_tracking_uri
+
+    _use_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="cutout-pretrained-") as folder:
+        try:
+            path = resolve_model_uri(uri, CHECKPOINT, folder)
+        except MlflowException as error:
+            raise ValueError(f"--pretrained {uri}: not found in the MLflow registry at "
+                             f"{current_tracking_uri()}: {error.message}") from None  # fmt: skip
+        return load_weights(path, variant=variant)
+
+
+def _use_tracking_uri(tracking_uri: str | None) -> None:
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+
+
 def get_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    """A new model, or official/our weights to fine-tune from (`--pretrained`)."""
-    model = load_weights(args.pretrained, variant=args.model) if args.pretrained else build_model(args.model)
+    """A new model, or official/our/registered weights to fine-tune from (`--pretrained`)."""
+    if args.pretrained:
+        model = load_pretrained(args.pretrained, args.model, args.tracking_uri)
+    else:
+        model = build_model(args.model)
     # Weights stay contiguous: Horovod allreduces gradients in place and refuses channels_last tensors.
     # The inputs are channels_last (engine.py), which is enough for convolutions to pick NHWC kernels.
     return model.to(device)
@@ -189,6 +261,8 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
     workers = distributed.init()
     torch.manual_seed(args.seed + workers.rank)  # each worker augments differently, repeatably
     device = pick_device(args.device, workers)
+    # Every worker pins the alias itself; rank 0's weights win anyway (broadcast_state below).
+    args.pretrained = pin_pretrained(args.pretrained, args.tracking_uri, announce=workers.is_root)
     model = get_model(args, device)
     train_loader, val_loader = get_loaders(args, workers, device)
     optimizer = get_optimizer(model, args, workers)
@@ -212,7 +286,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("data", help="prepared dataset (folder or s3://) with a train/val `split` field")
     parser.add_argument("--val-data", help="a separate validation dataset (instead of the `val` split)")
     parser.add_argument("--model", choices=["u2net", "u2netp"], default="u2net")
-    parser.add_argument("--pretrained", help="official .pth or a cutout checkpoint to fine-tune from")
+    parser.add_argument("--pretrained", help="fine-tune from: official .pth, a cutout checkpoint (local or "
+                        "s3://), or models:/cutout@champion (no such version yet: from scratch, with a note)",
+                        )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=10, help="per worker (10 × workers in all)")
     parser.add_argument("--lr", type=float, default=1e-3, help="per worker; scaled by the number of workers")
