@@ -127,6 +127,28 @@ def test_the_gate_on_margins_holdouts_and_missing_scores():
     assert not other_holdout.promoted and "holdout" in other_holdout.reason
     with pytest.raises(ValueError, match="no 'mean_iou' tag"):
         registry.decide(_version("2"), champion, "mean_iou")
+    # Re-evaluated on the candidate's holdout, the champion is compared there, both ways.
+    candidate = _version("2", mean_iou="0.95", holdout="bbb")
+    rescored = registry.decide(candidate, champion, "mean_iou", champion_score=0.94)
+    assert rescored.promoted and rescored.champion_score == 0.94 and "re-evaluated" in rescored.reason
+    assert not registry.decide(candidate, champion, "mean_iou", champion_score=0.96).promoted
+
+
+def test_promote_rescores_a_champion_from_another_holdout(runs, mlflow_tracking):
+    name = f"cutout-{uuid.uuid4().hex[:8]}"
+    first = registry.register_model(runs["a"], name, metrics={"mean_iou": 0.97}, holdout="old-holdout")
+    assert registry.promote(name, first).promoted
+    second = registry.register_model(runs["b"], name, metrics={"mean_iou": 0.95}, holdout="new-holdout")
+    asked = []
+
+    def rescore(uri: str) -> float:
+        asked.append(uri)
+        return 0.93  # the champion on the new holdout, which holds harder photos
+
+    decision = registry.promote(name, second, rescore=rescore)
+    assert asked == [f"models:/{name}/{first}"]
+    assert decision.promoted and decision.champion_score == 0.93
+    assert MlflowClient().get_model_version_by_alias(name, "champion").version == second
 
 
 def test_no_champion_for_an_unknown_model(mlflow_tracking):

@@ -27,6 +27,7 @@ import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from cutout.platform import storage
 
@@ -297,10 +298,21 @@ def register_and_promote(run_id: str, metrics: dict, holdout: str, margin: float
 
         threshold = calibrate_threshold(model_uri, holdout, "val", calibration_out).choice.threshold
         set_routing_threshold(model_uri, threshold)
-    decision = promote(MODEL_NAME, version, metric=metric, margin=margin)
+    decision = promote(MODEL_NAME, version, metric=metric, margin=margin,
+                       rescore=partial(_score_on_holdout, holdout=holdout, metric=metric))  # fmt: skip
     print(f"{MODEL_NAME} version {version}: {'promoted' if decision.promoted else 'not promoted'}: "
           f"{decision.reason}", flush=True)  # fmt: skip
     return {**asdict(decision), "model_uri": model_uri, "threshold": threshold}
+
+
+def _score_on_holdout(model_uri: str, holdout: str, metric: str) -> float:
+    """A registered model's `metric` on the holdout's `val` split (the champion, when the data changed)."""
+    from cutout.evaluate.evaluation import evaluate_model
+
+    with tempfile.TemporaryDirectory(prefix="cutout-champion-") as report:
+        score = float(evaluate_model(model_uri, holdout, report, split="val").metrics[metric])
+    print(f"{model_uri} re-evaluated on this run's holdout: {metric} {score:.4f}", flush=True)
+    return score
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -191,24 +191,39 @@ class PromotionDecision:
     reason: str
 
 
-def decide(candidate, champion, metric: str, margin: float = 0.0) -> PromotionDecision:
-    """The promotion gate on two model versions (`champion` is None when there is none yet)."""
+def decide(
+    candidate, champion, metric: str, margin: float = 0.0, champion_score: float | None = None
+) -> PromotionDecision:
+    """The promotion gate on two model versions (`champion` is None when there is none yet).
+
+    `champion_score` is the champion's score on the candidate's holdout when it was evaluated on another
+    one (`promote`'s `rescore`); without it, versions scored on different holdouts are not compared.
+    """
     score = _score(candidate, metric)
     base = {"name": candidate.name, "version": str(candidate.version), "metric": metric, "score": score,
             "margin": margin, "champion_version": None, "champion_score": None}  # fmt: skip
     if champion is None:
         return PromotionDecision(**base, promoted=True, reason="first model: no champion yet")
-    base.update(champion_version=str(champion.version), champion_score=_score(champion, metric))
+    rescored = champion_score is not None
+    base.update(champion_version=str(champion.version),
+                champion_score=champion_score if rescored else _score(champion, metric))  # fmt: skip
     if base["champion_version"] == base["version"]:
         return PromotionDecision(**base, promoted=True, reason="already the champion")
-    ours, theirs = candidate.tags.get(HOLDOUT_TAG), champion.tags.get(HOLDOUT_TAG)
-    if ours and theirs and ours != theirs:
+    if not rescored and holdouts_differ(candidate, champion):
+        ours, theirs = candidate.tags[HOLDOUT_TAG], champion.tags[HOLDOUT_TAG]
         reason = f"evaluated on another holdout ({ours[:12]} vs {theirs[:12]}): re-evaluate the champion"
         return PromotionDecision(**base, promoted=False, reason=reason)
     needed = base["champion_score"] + margin
+    where = " (champion re-evaluated on this holdout)" if rescored else ""
     if score >= needed:
-        return PromotionDecision(**base, promoted=True, reason=f"{metric} {score:.4f} >= {needed:.4f}")
-    return PromotionDecision(**base, promoted=False, reason=f"{metric} {score:.4f} < {needed:.4f}")
+        return PromotionDecision(**base, promoted=True, reason=f"{metric} {score:.4f} >= {needed:.4f}{where}")
+    return PromotionDecision(**base, promoted=False, reason=f"{metric} {score:.4f} < {needed:.4f}{where}")
+
+
+def holdouts_differ(candidate, champion) -> bool:
+    """Whether two versions carry holdout hashes and they differ (their scores are not comparable)."""
+    ours, theirs = candidate.tags.get(HOLDOUT_TAG), champion.tags.get(HOLDOUT_TAG)
+    return bool(ours and theirs and ours != theirs)
 
 
 def _score(model_version, metric: str) -> float:
@@ -222,16 +237,31 @@ def _score(model_version, metric: str) -> float:
 
 
 def promote(
-    name: str, version: str | int, metric: str = "mean_iou", margin: float = 0.0, alias: str = CHAMPION
+    name: str,
+    version: str | int,
+    metric: str = "mean_iou",
+    margin: float = 0.0,
+    alias: str = CHAMPION,
+    rescore: Callable[[str], float] | None = None,
 ) -> PromotionDecision:
     """Give `version` the champion alias if its metric is at least the champion's + `margin`.
 
     The first version of a model becomes champion. The decision, both scores and the reason are written
     on the candidate version as ``promotion.*`` tags, whichever way it goes.
+
+    Args:
+        rescore: ``rescore(model_uri)`` → the metric of that model on the candidate's holdout. Called for
+            the champion when it was evaluated on another holdout, which happens whenever the data
+            changed (scheduled retraining adds the corrected pairs): both are then compared on the same
+            photos. Without it such a candidate is refused.
     """
     client = _client()
     candidate = client.get_model_version(name, str(version))
-    decision = decide(candidate, champion_version(name, alias), metric, margin)
+    champion = champion_version(name, alias)
+    champion_score = None
+    if rescore is not None and champion is not None and holdouts_differ(candidate, champion):
+        champion_score = rescore(f"models:/{name}/{champion.version}")
+    decision = decide(candidate, champion, metric, margin, champion_score)
     if decision.promoted:
         client.set_registered_model_alias(name, alias, decision.version)
     for key, value in asdict(decision).items():
