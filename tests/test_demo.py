@@ -1,44 +1,67 @@
-"""`make demo` protects the first thing a new user runs: every step of the loop, and where its results are."""
+"""`make demo` protects the first thing a new user runs: the whole loop, through the pipeline and the review
+page, and where its results are.
+
+TINY settings: one training stage with one worker (the pipeline's own test runs two Horovod workers), and a
+fixed routing threshold of 1.0, so that every served photo goes to review whatever the barely trained model
+says (what the calibrated threshold routes is the full demo's output to read).
+"""
 
 import json
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from cutout.data.manifest import read_jsonl
 from cutout.demo import DemoSettings, run_demo
-from cutout.model.loader import load_predictor
 
-TINY = DemoSettings(pairs=36, photo_size=(80, 120), copies=1, epochs=1, input_size=48, finish_epochs=1,
-                    finish_size=64, batch_size=2, workers=2, held_out=2, served=2)  # fmt: skip
+TINY = DemoSettings(pairs=24, photo_size=(80, 120), clean_size=64, copies=0, epochs=0, finish_epochs=1,
+                    finish_size=48, batch_size=4, workers=1, held_out=2, served=2, new_backdrop=1,
+                    threshold=1.0, retrain_epochs=1, retrain_copies=0)  # fmt: skip
 
 
-def test_demo_runs_the_loop_and_promotes_its_model(tmp_path):
-    mean_iou = run_demo(tmp_path, TINY)
+def test_demo_trains_serves_reviews_and_retrains_on_the_corrections(tmp_path):
+    result = run_demo(tmp_path, TINY)
 
-    assert 0.0 <= mean_iou <= 1.0
-    for step in ("raw", "clean", "clustered", "augmented"):  # each data step wrote its manifest
-        assert (tmp_path / step / "manifest.jsonl").stat().st_size > 0
-    # two Horovod workers trained at a low resolution, then fine-tuned that model at a higher one
-    low, run = (
-        json.loads((tmp_path / f"run-{stage}.json").read_text()) for stage in ("low-resolution", "final")
-    )
-    assert run["model_uri"].startswith("models:/") and run["run_id"] != low["run_id"]
-    assert load_predictor(run["checkpoint"]).input_size == TINY.finish_size
-    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
-    assert {"mean_iou", "iou_ge_0.95", "mean_boundary_iou"} <= metrics.keys()
-
+    # The first pipeline run: every step wrote its dataset; the model is the champion, with a threshold.
+    first, retrain = result.first, result.retrain
+    assert json.loads((first.folder / "outcome.json").read_text())["state"] == "SUCCEEDED"
+    for step in ("merged", "clean", "clustered", "augmented"):
+        assert (first.folder / step / "manifest.jsonl").stat().st_size > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias("cutout", "champion")
-    assert str(champion.version) == "1" and champion.run_id == run["run_id"]
-    assert float(champion.tags["mean_iou"]) == metrics["mean_iou"]
+    assert first.version == "1" and first.promoted and first.pretrained == "None"  # from scratch
+    assert "routing_threshold" in client.get_model_version("cutout", "1").tags
 
-    cutouts = sorted(p.name for p in (tmp_path / "cutouts").iterdir())
-    assert len(cutouts) == 2 and all(name.endswith(".png") for name in cutouts)
-    page = (tmp_path / "report" / "index.html").read_text()
-    assert page.count("IoU") == 3  # the mean in the summary and one per photo
-    assert len(list((tmp_path / "report" / "img").iterdir())) == 2 * 4  # photo, true, predicted, cutout
+    # The champion's cutouts of the held-out photos, on a page with their IoU.
+    assert 0.0 <= result.mean_iou <= 1.0
+    assert sorted(p.suffix for p in (tmp_path / "cutouts").iterdir()) == [".png", ".png"]
+    assert (tmp_path / "report" / "index.html").read_text().count("IoU") == 3  # the mean and one per photo
 
-    assert "routing_threshold" in client.get_model_version("cutout", "1").tags  # calibrated on the holdout
-    feedback = tmp_path / "feedback"  # the photos sent through the local servers were routed
-    routed = list((feedback / "retrain" / "auto" / "records").glob("*.json"))
-    routed += list((feedback / "review" / "pending").glob("*/item.json"))
-    assert len(routed) == TINY.served
+    # Served: two held-out photos and one on the new backdrop, all routed to review and corrected there.
+    photos = {"00-long_pants", "01-shorts", "new-backdrop-02-short_sleeve_top"}
+    assert result.routed == dict.fromkeys(photos, "review")
+    assert set(result.corrected) == photos and all(changed > 0 for changed in result.corrected.values())
+    feedback = tmp_path / "feedback"
+    records = (feedback / "retrain" / "corrected" / "records").glob("*.json")
+    saved = {
+        (r["request_id"], r["reviewer"], r["action"]) for r in map(json.loads, map(Path.read_text, records))
+    }
+    assert saved == {(photo, "demo", "save") for photo in photos}
+    assert not list((feedback / "review" / "pending").glob("*/item.json"))  # the queue is empty
+
+    # The retraining run fine-tuned the champion on raw + the corrected pairs, which reached its training.
+    assert retrain.pretrained == "models:/cutout/1" and retrain.version == "2"
+    assert result.merged == {"raw": TINY.pairs, "corrected": 3, "auto": 0}
+    merged = read_jsonl(str(retrain.folder / "merged" / "manifest.jsonl"))
+    merged = [record for record in merged if record["source"].startswith("feedback")]
+    assert {(r["request_id"], r["source"]) for r in merged} == {(p, "feedback-corrected") for p in photos}
+    assert set(result.corrected_in_merged) == photos
+    assert set(result.corrected_in_merged.values()) <= {"train", "val"}  # none dropped by clean or cluster
+    trained = {r["id"] for r in read_jsonl(str(retrain.folder / "augmented" / "manifest.jsonl"))}
+    corrected_ids = {r["id"] for r in merged}
+    for record in read_jsonl(str(retrain.folder / "clustered" / "manifest.jsonl")):
+        if record["id"] in corrected_ids and record["split"] == "train":
+            assert record["id"] in trained
+    assert client.get_model_version("cutout", "2").tags["promotion.reason"] == retrain.reason
+    # The feedback changed the held-out split: the gate scored the champion on the new one to compare.
+    assert "re-evaluated" in retrain.reason
+    assert set(result.seconds) >= {"first pipeline run", "serve", "review", "retraining run", "total"}

@@ -20,7 +20,14 @@ import numpy as np
 
 SIZE = 320
 E2E_PHOTO = (1000, 1500)
-DEMO_CHECKPOINT = ".cutout/demo/checkpoints/final/last.pt"  # the demo's final training stage
+# The final training stage of the demo's first pipeline run (`runs/1-train/<run>/training/...`).
+DEMO_CHECKPOINTS = ".cutout/demo/runs/1-train/*/training/checkpoints/final/last.pt"
+
+
+def demo_checkpoint() -> str | None:
+    """The newest checkpoint `make demo` trained, if it has run here."""
+    found = sorted(Path().glob(DEMO_CHECKPOINTS), key=lambda path: path.stat().st_mtime)
+    return str(found[-1]) if found else None
 
 
 def peak_rss_mib() -> float:
@@ -112,7 +119,7 @@ def trained_checkpoint(folder: Path, requested: str | None) -> str:
     """A trained U²-NetP: realistic masks matter end to end (PNG size, int8 agreement)."""
     from cutout.data.synth import synthesize_dataset
 
-    for candidate in (requested, DEMO_CHECKPOINT):
+    for candidate in (requested, demo_checkpoint()):
         if candidate and Path(candidate).exists():
             return candidate
     print(
