@@ -270,6 +270,21 @@ def promote(
     return decision
 
 
+def pin_alias(uri: str) -> str | None:
+    """``models:/NAME@ALIAS`` → ``models:/NAME/VERSION`` of the version holding the alias now.
+
+    Pinned, a URI keeps naming the same weights even if the alias moves meanwhile. Returns None when no
+    version holds the alias (or the model is not registered); any other URI comes back unchanged.
+    """
+    from cutout.model.loader import REGISTRY_SCHEME
+
+    if not uri.startswith(REGISTRY_SCHEME) or "@" not in uri:
+        return uri
+    name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
+    version = champion_version(name, alias)
+    return None if version is None else f"{REGISTRY_SCHEME}{name}/{version.version}"
+
+
 def champion_version(name: str = MODEL_NAME, alias: str = CHAMPION):
     """The model version holding `alias`, or None when none does (or the model is not registered)."""
     try:

@@ -136,16 +136,13 @@ def resolve_model_version(uri: str) -> tuple[str, str]:
         ValueError: when no version holds the alias.
     """
     if uri.startswith(REGISTRY_SCHEME):
-        reference = uri.removeprefix(REGISTRY_SCHEME)
-        if "@" in reference:
-            from cutout.platform.registry import champion_version
+        from cutout.platform.registry import pin_alias
 
-            name, alias = reference.split("@", 1)
-            version = champion_version(name, alias)
-            if version is None:
-                raise ValueError(f"{uri}: no version of registered model {name!r} holds the alias {alias!r}")
-            return f"{REGISTRY_SCHEME}{name}/{version.version}", str(version.version)
-        return uri, reference.rsplit("/", 1)[-1]  # models:/NAME/VERSION, or a logged model's id
+        pinned = pin_alias(uri)
+        if pinned is None:
+            name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
+            raise ValueError(f"{uri}: no version of registered model {name!r} holds the alias {alias!r}")
+        return pinned, pinned.rsplit("/", 1)[-1]  # models:/NAME/VERSION, or a logged model's id
     digest = hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:12]
     return uri, f"{PurePosixPath(uri).name}-{digest}"
 

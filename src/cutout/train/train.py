@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import tempfile
 import time
@@ -27,13 +26,11 @@ from torch.utils.data import DataLoader
 from cutout.data.dataset import PairDataset
 from cutout.data.transforms import eval_transform, train_transform
 from cutout.model import build_model, load_weights
+from cutout.model.loader import REGISTRY_SCHEME
 from cutout.train import checkpoint as ckpt
 from cutout.train import distributed
 from cutout.train.engine import evaluate, train_one_epoch
 from cutout.train.tracking import TrainingTracker
-
-MODELS_SCHEME = "models:/"
-_REGISTRY_ALIAS = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
 
 
 @dataclass
@@ -105,21 +102,19 @@ def pin_pretrained(uri: str | None, tracking_uri: str | None = None, announce: b
         tracking_uri: `--tracking-uri`; by default the MLflow settings of the environment.
         announce: Print the note when falling back to training from scratch.
     """
-    alias = _REGISTRY_ALIAS.fullmatch(uri or "")
-    if alias is None:
+    if not uri or not uri.startswith(REGISTRY_SCHEME):
         return uri or None
-    from cutout.platform.registry import champion_version
+    from cutout.platform.registry import pin_alias
 
     _use_tracking_uri(tracking_uri)
-    version = champion_version(alias["name"], alias["alias"])
-    if version is not None:
-        return f"{MODELS_SCHEME}{alias['name']}/{version.version}"
-    if announce:
+    pinned = pin_alias(uri)
+    if pinned is None and announce:
+        name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
         rule = "!" * 100
-        print(f"{rule}\n!! --pretrained {uri}: the registry has no {alias['name']!r} version with the alias "
-              f"{alias['alias']!r} yet.\n!! Training FROM SCRATCH instead (expected on the first run against "
+        print(f"{rule}\n!! --pretrained {uri}: the registry has no {name!r} version with the alias "
+              f"{alias!r} yet.\n!! Training FROM SCRATCH instead (expected on the first run against "
               f"an empty registry).\n{rule}", flush=True)  # fmt: skip
-    return None
+    return pinned
 
 
 def load_pretrained(uri: str, variant: str, tracking_uri: str | None = None) -> torch.nn.Module:
@@ -132,7 +127,7 @@ def load_pretrained(uri: str, variant: str, tracking_uri: str | None = None) -> 
     Raises:
         ValueError: The registry has no such model version, or it holds no checkpoint.
     """
-    if not uri.startswith(MODELS_SCHEME):
+    if not uri.startswith(REGISTRY_SCHEME):
         return load_weights(uri, variant=variant)
     from mlflow.exceptions import MlflowException
 
