@@ -153,7 +153,7 @@ def test_v1_answers_like_the_predictor_and_routes_to_retraining(
     assert [set(p) for p in body["predictions"]] == [set(p) for p in direct["predictions"]]
     assert_cutout_of(photo, decoded(both["mask"]), decoded(both["cutout"]))
     assert (both["width"], both["height"]) == photo.size and 0.0 <= both["score"] <= 1.0
-    # The same pixels as the predictor's own answer, composed here from its mask.
+    # The predictor's own answer, passed on: the photos went through the network as one batch here too.
     for ours, theirs in zip(body["predictions"], direct["predictions"], strict=True):
         assert ours["score"] == pytest.approx(theirs["score"], rel=1e-6)  # via the predictor's FP32
         for key in set(ours) & {"mask", "cutout"}:

@@ -73,6 +73,7 @@ from PIL import Image
 from cutout.serve.photos import (
     DEFAULT_LIMITS,
     OPTION_KEYS,
+    CutoutOptions,
     DecodeLimits,
     Photo,
     PhotoResult,
@@ -98,7 +99,9 @@ class DecodedRequest:
     v2_request: InferRequest | None = field(default=None, repr=False)
 
 
-def decode_request(payload: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedRequest:
+def decode_request(
+    payload: Any, limits: DecodeLimits = DEFAULT_LIMITS, preview: bool = False
+) -> DecodedRequest:
     """Decode a v1 body (dict, or raw JSON bytes) or a v2 `InferRequest` into photos and options.
 
     Args:
@@ -106,6 +109,7 @@ def decode_request(payload: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> Decod
             content type KServe does not parse itself (``application/json; charset=utf-8``), an
             `InferRequest` for v2.
         limits: Pixel and batch limits.
+        preview: Check photo files by decoding them small (`cutout.serve.photos.decode_photo`).
 
     Returns:
         The decoded request.
@@ -114,10 +118,10 @@ def decode_request(payload: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> Decod
         InvalidInput: naming the problem (which instance or input, which field, why).
     """
     if isinstance(payload, InferRequest):
-        return decode_v2(payload, limits)
+        return decode_v2(payload, limits, preview)
     if isinstance(payload, bytes | bytearray | str):
         payload = _parse_json(payload)
-    return decode_v1(payload, limits)
+    return decode_v1(payload, limits, preview)
 
 
 def _parse_json(body: bytes | bytearray | str) -> Any:
@@ -132,7 +136,7 @@ def _parse_json(body: bytes | bytearray | str) -> Any:
 # --- v1 ----------------------------------------------------------------------------------------
 
 
-def decode_v1(body: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedRequest:
+def decode_v1(body: Any, limits: DecodeLimits = DEFAULT_LIMITS, preview: bool = False) -> DecodedRequest:
     """Decode ``{"instances": [...]}`` (see the module docstring).
 
     Raises:
@@ -147,11 +151,13 @@ def decode_v1(body: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedReques
     if not isinstance(instances, list):
         raise InvalidInput(f"'instances' must be a list of objects, not {json_kind(instances)}")
     check_batch(len(instances), "instances", limits)
-    photos = [_decode_instance(instance, f"instances[{i}]", limits) for i, instance in enumerate(instances)]
+    photos = [
+        _decode_instance(instance, f"instances[{i}]", limits, preview) for i, instance in enumerate(instances)
+    ]
     return DecodedRequest(photos=photos, protocol="v1")
 
 
-def _decode_instance(instance: Any, where: str, limits: DecodeLimits) -> Photo:
+def _decode_instance(instance: Any, where: str, limits: DecodeLimits, preview: bool) -> Photo:
     if not isinstance(instance, Mapping):
         raise InvalidInput(
             f'{where} must be an object like {{"image_b64": "..."}}, not {json_kind(instance)}'
@@ -170,14 +176,15 @@ def _decode_instance(instance: Any, where: str, limits: DecodeLimits) -> Photo:
         if not isinstance(text, Mapping) or set(text) != {"b64"}:
             raise InvalidInput(f'{field_name} must be an object {{"b64": "<base64 photo>"}}')
         text, field_name = text["b64"], f"{field_name}.b64"
-    raw, image = decode_photo(text, field_name, limits)
-    return Photo(image, parse_options(instance, where), raw)
+    return decode_photo(text, field_name, parse_options(instance, where), limits, preview)
 
 
 # --- v2 ----------------------------------------------------------------------------------------
 
 
-def decode_v2(request: InferRequest, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedRequest:
+def decode_v2(
+    request: InferRequest, limits: DecodeLimits = DEFAULT_LIMITS, preview: bool = False
+) -> DecodedRequest:
     """Decode a v2 request with one input, ``image`` (BYTES, base64) or ``pixels`` (UINT8 H×W×3).
 
     Raises:
@@ -193,14 +200,13 @@ def decode_v2(request: InferRequest, limits: DecodeLimits = DEFAULT_LIMITS) -> D
     tensor = inputs[0]
     options = parse_options(_parameters(request.parameters), "parameters")
     if tensor.name == V2_IMAGE:
-        decoded = _decode_image_tensor(tensor, limits)
+        photos = _decode_image_tensor(tensor, options, limits, preview)
     elif tensor.name == V2_PIXELS:
-        decoded = [(None, image) for image in _decode_pixel_tensor(tensor, limits)]
+        photos = [Photo(image, options) for image in _decode_pixel_tensor(tensor, limits)]
     else:
         raise InvalidInput(
             f"unknown input {quoted(tensor.name)}: name it {V2_IMAGE!r} (BYTES) or {V2_PIXELS!r} (UINT8)"
         )
-    photos = [Photo(image, options, raw) for raw, image in decoded]
     request_id = str(request.id) if request.id else None
     return DecodedRequest(photos=photos, protocol="v2", request_id=request_id, v2_request=request)
 
@@ -219,7 +225,9 @@ def _shape(tensor: InferInput, where: str) -> list[int]:
     return shape
 
 
-def _decode_image_tensor(tensor: InferInput, limits: DecodeLimits) -> list[tuple[bytes, Image.Image]]:
+def _decode_image_tensor(
+    tensor: InferInput, options: CutoutOptions, limits: DecodeLimits, preview: bool
+) -> list[Photo]:
     where = f"input {V2_IMAGE!r}"
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"{where} must have datatype BYTES (base64 photos), not {quoted(tensor.datatype)}")
@@ -230,7 +238,7 @@ def _decode_image_tensor(tensor: InferInput, limits: DecodeLimits) -> list[tuple
     if len(values) != shape[0]:
         raise InvalidInput(f"{where}: shape {shape} says {shape[0]} photos but data holds {len(values)}")
     check_batch(len(values), where, limits)
-    return [decode_photo(value, f"{where}[{i}]", limits) for i, value in enumerate(values)]
+    return [decode_photo(value, f"{where}[{i}]", options, limits, preview) for i, value in enumerate(values)]
 
 
 def _flatten(data: Any, where: str) -> list[Any]:

@@ -3,8 +3,8 @@
 `cutout.serve.codec` reads the v1 and v2 envelopes and hands each photo here. Every problem becomes a
 KServe `InvalidInput` (HTTP 400) that says where (the ``where`` argument, ``instances[2].image_b64``)
 and what is wrong; photos are decoded only through `cutout.data.io.decode_image` (header check, pixel
-limit, truncation). The predictor and the transformer render a photo's PNGs with the same functions,
-so both answer with the same bytes.
+limit, truncation). The predictor renders every PNG; the transformer only checks photos (a JPEG at a
+fraction of its size: the whole stream is still read) and passes the predictor's PNGs on.
 """
 
 from __future__ import annotations
@@ -73,12 +73,22 @@ class CutoutOptions:
 
 @dataclass(frozen=True)
 class Photo:
-    """A decoded photo (upright RGB at its own resolution), what to return for it, and the file the
-    client sent (None when it sent pixels): the transformer forwards and stores those bytes as they came."""
+    """A decoded photo (upright RGB), what to return for it, and the file the client sent (None when
+    it sent pixels): the transformer forwards and stores those bytes as they came.
+
+    ``image`` is at the photo's own resolution, unless it was decoded as a preview
+    (`decode_photo`'s ``preview``): then it may be smaller, and ``full_size`` holds the photo's size.
+    """
 
     image: Image.Image
     options: CutoutOptions
     raw: bytes | None = None
+    full_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The photo's upright (width, height), whatever the size of ``image``."""
+        return self.full_size or self.image.size
 
 
 @dataclass(frozen=True)
@@ -95,8 +105,18 @@ class PhotoResult:
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def decode_photo(text: Any, where: str, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, Image.Image]:
-    """A base64 photo → the file's bytes and the upright RGB image, through `cutout.data.io.decode_image`.
+def decode_photo(
+    text: Any,
+    where: str,
+    options: CutoutOptions,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    preview: bool = False,
+) -> Photo:
+    """A base64 photo → its `Photo`: the file's bytes and the upright RGB image (`decode_image`).
+
+    With ``preview``, a JPEG is decoded at 1/8 of its size (libjpeg's DCT scaling): the whole stream is
+    still read, so a damaged or truncated file is refused all the same, at a fraction of the cost. The
+    transformer checks photos this way: it never looks at their pixels.
 
     Raises:
         InvalidInput: when it is not a string, not base64, or not a usable image (with the reason).
@@ -110,8 +130,8 @@ def decode_photo(text: Any, where: str, limits: DecodeLimits = DEFAULT_LIMITS) -
         raise InvalidInput(f"{where}: must be a base64 string, not {json_kind(text)}")
     data = _base64_bytes(text, where)
     try:
-        _, image = decode_image(data, max_pixels=limits.max_pixels)
-        return data, to_rgb(image)
+        header, image = decode_image(data, max_pixels=limits.max_pixels, min_size=(1, 1) if preview else None)
+        return Photo(to_rgb(image), options, data, full_size=(header.width, header.height))
     except ImageError as error:
         raise InvalidInput(f"{where}: {error.message} ({error.reason})") from None
 

@@ -6,15 +6,22 @@ Clients call it exactly as they call the predictor (v1 or v2, `cutout.serve.code
 response. Per request:
 
 1. ``preprocess`` decodes and validates the photos with the predictor's codec: a bad request is a 400
-   here and never reaches the predictor.
-2. ``predict`` forwards the photos to the predictor over REST v2 (``/v2/models/<name>/infer``), asking
-   for the mask and score only: base64 photos as the client sent them, pixels as a binary UINT8
-   tensor.
-3. ``postprocess`` composes each cutout from the photo it already decoded and the predicted mask
-   (`cutout.compose`, as the predictor would), encodes the client's response, and hands every
-   (photo, mask, score) to a `FeedbackRouter`: score ≥ threshold → the retraining store, below → the
-   review queue. Routing happens on a background thread; a slow or failing store never fails or slows
-   the response.
+   here and never reaches the predictor. A JPEG is decoded at 1/8 of its size (the whole stream is
+   still read, so a truncated file is still refused): the transformer never needs its pixels.
+2. ``predict`` forwards the photos to the predictor with the client's options, always asking for the
+   mask too (routing stores it): photo files as the client sent them in one v1 request
+   (``/v1/models/<name>:predict``, options per photo), pixels as a binary UINT8 tensor over v2
+   (``/v2/models/<name>/infer``). Either way the photos go through the network as one batch, as when
+   the client calls the predictor itself.
+3. ``postprocess`` passes the predictor's PNGs on in the client's protocol (dropping a mask the client
+   did not ask for), and hands every (photo, mask, score) to a `FeedbackRouter`: score ≥ threshold →
+   the retraining store, below → the review queue. Routing happens on a background thread; a slow or
+   failing store never fails or slows the response.
+
+Why the predictor composes the cutouts: it renders them anyway when called directly, and on two
+cores every millisecond the transformer spends decoding the full photo, decoding the mask PNG and
+encoding the cutout again is taken from the network. Passing the PNGs on made the transformer add
+less to the predictor's latency (see `tests/benchmarks/bench_serve.py`).
 
 The threshold is ``--threshold`` if given; otherwise the one stored on the registered model version
 that made the prediction (`cutout.platform.registry.routing_threshold`, looked up once per version), and
@@ -35,7 +42,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 import httpx
@@ -44,13 +50,12 @@ import numpy as np
 import orjson
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotReady
-from PIL import Image
 from prometheus_client import Histogram
 
 from cutout.data.io import read_header
 from cutout.serve import codec
 from cutout.serve.feedback import DEFAULT_QUEUE_SIZE, FeedbackItem, FeedbackRouter
-from cutout.serve.photos import DEFAULT_LIMITS, DecodeLimits, Photo, PhotoResult, render_cutout
+from cutout.serve.photos import DEFAULT_LIMITS, CutoutOptions, DecodeLimits, Photo, PhotoResult
 from cutout.serve.server import decode_limits, serve_from_args, server_parser
 
 logger = logging.getLogger(__name__)
@@ -76,9 +81,11 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the predictor answered: one mask PNG and score per photo, and the model that made them."""
+    """What the predictor answered: per photo the mask PNG, the cutout PNG (None when the client did
+    not ask for one) and the score; and the model that made them."""
 
     masks: list[bytes]
+    cutouts: list[bytes | None]
     scores: list[float]
     model_name: str
     model_version: str
@@ -113,7 +120,11 @@ class FeedbackTransformer(kserve.Model):
         super().__init__(name)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
-        self.predictor_url = f"{'https' if use_ssl else 'http'}://{predictor_host}/v2/models/{name}/infer"
+        root = f"{'https' if use_ssl else 'http'}://{predictor_host}"
+        self.predictor_urls = {
+            "v1": f"{root}/v1/models/{name}:predict",
+            "v2": f"{root}/v2/models/{name}/infer",
+        }
         self.feedback_uri = feedback_uri
         self.threshold = threshold
         self.limits = limits
@@ -142,29 +153,29 @@ class FeedbackTransformer(kserve.Model):
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Incoming:
         """Decode and validate the photos (InvalidInput → 400), keeping the bytes the client sent."""
         received = time.time()
-        # Decoding a large photo takes tens of milliseconds: off the event loop, so health checks answer.
-        request = await asyncio.to_thread(codec.decode_request, payload, self.limits)
+        # Checking a large photo still takes milliseconds: off the event loop, so health checks answer.
+        request = await asyncio.to_thread(codec.decode_request, payload, self.limits, True)
         request_id = (headers or {}).get("x-request-id") or request.request_id or uuid.uuid4().hex
         return Incoming(request, str(request_id)[:MAX_REQUEST_ID], received)
 
     async def predict(
         self, payload: Incoming, headers: dict[str, str] | None = None, response_headers=None
     ) -> tuple[Incoming, Prediction]:
-        """Ask the predictor for each photo's mask and score (REST v2)."""
-        body, extra = await asyncio.to_thread(predictor_request, payload)
+        """Ask the predictor for each photo's mask, score and (if asked for) cutout."""
+        photos = payload.request.photos
+        route, body, extra = await asyncio.to_thread(predictor_request, photos, payload.request_id)
+        url = self.predictor_urls[route]
         with PREDICTOR_SECONDS.time():
             try:
-                response = await self._http().post(self.predictor_url, content=body, headers=extra)
+                response = await self._http().post(url, content=body, headers=extra)
             except httpx.HTTPError as error:
-                raise ModelNotReady(
-                    self.name, f"the predictor at {self.predictor_url} is unreachable: {error}"
-                ) from None
-        return payload, parse_prediction(response, len(payload.request.photos))
+                raise ModelNotReady(self.name, f"the predictor at {url} is unreachable: {error}") from None
+        return payload, await asyncio.to_thread(parse_prediction, response, photos)
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None, response_headers=None):
-        """Compose the client's answer in its protocol, and route every photo."""
+        """Answer in the client's protocol with the predictor's PNGs, and route every photo."""
         incoming, prediction = result
-        results = await asyncio.to_thread(compose_results, incoming.request.photos, prediction)
+        results = client_results(incoming.request.photos, prediction)
         threshold = await self.threshold_for(prediction.model_name, prediction.model_version)
         self.route(incoming, prediction, threshold)
         return codec.encode_response(
@@ -180,8 +191,8 @@ class FeedbackTransformer(kserve.Model):
             try:
                 item = FeedbackItem(
                     photo=photo.raw if photo.raw is not None else np.asarray(photo.image),
-                    photo_format=photo_format(photo.raw), mask=mask, width=photo.image.width,
-                    height=photo.image.height, score=score, threshold=threshold,
+                    photo_format=photo_format(photo.raw), mask=mask, width=photo.size[0],
+                    height=photo.size[1], score=score, threshold=threshold,
                     model_name=prediction.model_name, model_version=prediction.model_version,
                     request_id=incoming.request_id, created=incoming.received,
                 )  # fmt: skip
@@ -221,30 +232,42 @@ def photo_format(original: bytes | None) -> str:
     return "" if original is None else read_header(original).format
 
 
-def predictor_request(incoming: Incoming) -> tuple[bytes, dict[str, str]]:
-    """A v2 request for the predictor asking for masks and scores only, and its headers."""
-    photos = incoming.request.photos
-    parameters = {"output": "mask"}
-    headers = {"content-type": "application/json", "x-request-id": incoming.request_id}
+def forwarded_options(options: CutoutOptions) -> dict[str, Any]:
+    """The options asking the predictor for what the client wants, and always for the mask."""
+    forwarded: dict[str, Any] = {"output": "both" if options.wants_cutout else "mask", "crop": options.crop}
+    if options.bg_color is not None:
+        forwarded["bg_color"] = "#{:02x}{:02x}{:02x}".format(*options.bg_color)
+    return forwarded
+
+
+def predictor_request(photos: list[Photo], request_id: str) -> tuple[str, bytes, dict[str, str]]:
+    """The predictor's route ("v1" or "v2"), the request body and its headers.
+
+    Photo files go as one v1 request, each with its own options: one batch through the network, as
+    when the client calls the predictor itself. Pixels (which only v2 carries, with one set of options
+    for all) go as a binary UINT8 tensor, not as a JSON list of numbers.
+    """
+    headers = {"content-type": "application/json", "x-request-id": request_id}
     if all(photo.raw is not None for photo in photos):
-        data = [base64.b64encode(photo.raw).decode("ascii") for photo in photos]
-        tensor = {"name": codec.V2_IMAGE, "datatype": "BYTES", "shape": [len(data)], "data": data}
-        return orjson.dumps(
-            {"id": incoming.request_id, "inputs": [tensor], "parameters": parameters}
-        ), headers
-    # Pixels: all photos of a pixels tensor share one size. Sent as binary, not a JSON list of numbers.
+        instances = [
+            {"b64": base64.b64encode(photo.raw).decode("ascii"), **forwarded_options(photo.options)}
+            for photo in photos
+        ]
+        return "v1", orjson.dumps({"instances": instances}), headers
     pixels = np.stack([np.asarray(photo.image, dtype=np.uint8) for photo in photos])
     tensor = {"name": codec.V2_PIXELS, "datatype": "UINT8", "shape": list(pixels.shape),
               "parameters": {"binary_data_size": pixels.nbytes}}  # fmt: skip
-    header = orjson.dumps({"id": incoming.request_id, "inputs": [tensor], "parameters": parameters})
+    parameters = forwarded_options(photos[0].options)
+    header = orjson.dumps({"id": request_id, "inputs": [tensor], "parameters": parameters})
     headers.update(
         {"content-type": "application/octet-stream", INFERENCE_CONTENT_LENGTH_HEADER: str(len(header))}
     )
-    return header + pixels.tobytes(), headers
+    return "v2", header + pixels.tobytes(), headers
 
 
-def parse_prediction(response: httpx.Response, count: int) -> Prediction:
-    """The predictor's v2 answer → masks and scores; its 4xx refusals become the client's 400.
+def parse_prediction(response: httpx.Response, photos: list[Photo]) -> Prediction:
+    """The predictor's answer (v1 or v2) for these photos → masks, cutouts and scores; its 4xx
+    refusals become the client's 400.
 
     Raises:
         InvalidInput: when the predictor refused the request (its message is passed on).
@@ -259,15 +282,27 @@ def parse_prediction(response: httpx.Response, count: int) -> Prediction:
             raise InvalidInput(f"the predictor refused the request: {message}")
         raise RuntimeError(f"the predictor failed with {response.status_code}: {message}")
     body = orjson.loads(response.content)
-    outputs = {output["name"]: output.get("data") or [] for output in body.get("outputs", [])}
-    masks, scores = outputs.get("mask", []), outputs.get("score", [])
-    if len(masks) != count or len(scores) != count:
+    if "predictions" in body:  # v1: one object per photo
+        answers = body["predictions"]
+        masks, scores = [p.get("mask") for p in answers], [p.get("score") for p in answers]
+        cutouts = [p.get("cutout") for p in answers]
+    else:  # v2: one output per kind
+        outputs = {output["name"]: output.get("data") or [] for output in body.get("outputs", [])}
+        masks, scores = outputs.get("mask", []), outputs.get("score", [])
+        cutouts = outputs.get("cutout") or [None] * len(masks)
+    if not len(masks) == len(scores) == len(cutouts) == len(photos) or None in masks + scores:
         raise RuntimeError(
-            f"the predictor returned {len(masks)} masks, {len(scores)} scores for {count} photos"
+            f"the predictor's answer does not hold a mask and a score for each of {len(photos)} photos"
         )
+    if any(
+        photo.options.wants_cutout and cutout is None for photo, cutout in zip(photos, cutouts, strict=True)
+    ):
+        raise RuntimeError("the predictor's answer lacks a cutout that was asked for")
     return Prediction(
-        masks=[base64.b64decode(mask) for mask in masks], scores=[float(score) for score in scores],
-        model_name=str(body.get("model_name", MODEL_NAME)), model_version=str(body.get("model_version", "")),
+        masks=[base64.b64decode(mask) for mask in masks],
+        cutouts=[None if cutout is None else base64.b64decode(cutout) for cutout in cutouts],
+        scores=[float(score) for score in scores], model_name=str(body.get("model_name", MODEL_NAME)),
+        model_version=str(body.get("model_version", "")),
     )  # fmt: skip
 
 
@@ -278,24 +313,13 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300] or response.reason_phrase
 
 
-def compose_results(photos: list[Photo], prediction: Prediction) -> list[PhotoResult]:
-    """Each photo's outputs from its predicted mask, rendered as the predictor renders them."""
-    triples = zip(photos, prediction.masks, prediction.scores, strict=True)
-    return [compose_result(photo, mask, score) for photo, mask, score in triples]
-
-
-def compose_result(photo: Photo, mask_png: bytes, score: float) -> PhotoResult:
-    """The mask PNG (passed through) and/or the cutout PNG the photo's options ask for."""
-    image, options = photo.image, photo.options
-    cutout_png = None
-    if options.wants_cutout:
-        with Image.open(BytesIO(mask_png)) as decoded:
-            alpha = decoded.convert("L")
-        if alpha.size != image.size:
-            raise RuntimeError(f"the predictor's mask is {alpha.size}, the photo {image.size}")
-        cutout_png = render_cutout(photo, alpha)
-    mask = mask_png if options.wants_mask else None
-    return PhotoResult(mask, cutout_png, score, width=image.width, height=image.height)
+def client_results(photos: list[Photo], prediction: Prediction) -> list[PhotoResult]:
+    """What the client asked for of each photo: the predictor's PNGs, the mask only if it wants it."""
+    answers = zip(photos, prediction.masks, prediction.cutouts, prediction.scores, strict=True)
+    return [
+        PhotoResult(mask if photo.options.wants_mask else None, cutout, score, *photo.size)
+        for photo, mask, cutout, score in answers
+    ]
 
 
 def stored_threshold(model_name: str, model_version: str) -> float | None:
