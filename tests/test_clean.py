@@ -15,9 +15,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from cutout.data.clean import REJECT_REASONS, CleanSummary, clean_dataset
 from cutout.data.io import encode_image, mask_to_image
-from cutout.data.manifest import read_jsonl, read_manifest
+from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED, read_jsonl, read_manifest
 from cutout.data.quality import CONTENT_MISMATCH_BELOW, NEAR_DUPLICATE_BITS, edge_contrast, perceptual_hash
 from cutout.data.synth import generate_pair
+from cutout.demo import on_new_backdrop
 from cutout.platform import storage
 from helpers import tree_digest
 
@@ -257,6 +258,34 @@ def test_swapped_masks_are_told_from_true_ones() -> None:
     swapped = [edge_contrast(photo, pairs[(i + 1) % 12][1]) for i, (photo, _, _) in enumerate(pairs)]
     assert min(true) >= CONTENT_MISMATCH_BELOW
     assert sum(score < CONTENT_MISMATCH_BELOW for score in swapped) >= 11
+
+
+def test_a_true_mask_on_a_busy_backdrop_is_kept_when_a_person_checked_it(tmp_path: Path) -> None:
+    # A product on bold checks: the backdrop's edges drown the outline's, so the content check takes
+    # the true mask for another photo's. Drawn or approved by a reviewer, the pair is kept.
+    rng = np.random.default_rng(3)
+    for index in range(40):
+        photo, mask, _ = generate_pair(index, (400, 600), seed=21)
+        busy = on_new_backdrop(photo, mask, rng)
+        if edge_contrast(busy, mask) < CONTENT_MISMATCH_BELOW:
+            break
+    else:
+        pytest.fail("no product on a busy backdrop fooled the content check")
+    src = tmp_path / "raw"
+    mirrored = busy.transpose(Image.Transpose.FLIP_LEFT_RIGHT), mask[:, ::-1]  # not a duplicate of it
+    pairs = {"studio": ("raw", busy, mask), "corrected": (SOURCE_CORRECTED, busy, mask),
+             "approved": (SOURCE_ACCEPTED, *mirrored)}  # fmt: skip
+    for name, (source, picture, truth) in pairs.items():
+        storage.write_bytes(str(src / "images" / f"{name}.jpg"), encode_image(picture, "JPEG"))
+        storage.write_bytes(str(src / "masks" / f"{name}.png"), encode_image(mask_to_image(truth), "PNG"))
+        with open(src / "manifest.jsonl", "a") as manifest:
+            manifest.write(json.dumps({"id": name, "source": source}) + "\n")
+
+    summary = clean_dataset(str(src), str(tmp_path / "clean"), size=160)
+
+    kept = {record["id"]: record["source"] for record in read_manifest(str(tmp_path / "clean"))}
+    assert kept == {"corrected": SOURCE_CORRECTED, "approved": SOURCE_ACCEPTED}
+    assert summary.per_reason == {"content_mismatch": 1}
 
 
 def test_perceptual_hash_matches_copies_not_other_photos() -> None:

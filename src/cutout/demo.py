@@ -219,33 +219,14 @@ def busy_backdrop(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return np.where(checks, first, second).astype(np.uint8)
 
 
-def on_new_backdrop(
-    photo: Image.Image, mask: np.ndarray, rng: np.random.Generator, tries: int = 20
-) -> Image.Image:
-    """The product of a studio photo, cut out with its true mask, on a `busy_backdrop`.
-
-    The clean step drops a pair whose mask's outline is not much stronger in the photo than the photo's
-    other edges (`cutout.data.quality.edge_contrast` under 2: the mask of another photo); a backdrop full of
-    edges, or of the product's own brightness, can do that to a true mask (3 of 10 products on random
-    checks). Such backdrops are drawn again (up to `tries`), so that the reviewer's corrections are trained
-    on: the demo shows the loop, not that check's limits.
-    """
-    from cutout.data.quality import CONTENT_MISMATCH_BELOW, edge_contrast
-
+def on_new_backdrop(photo: Image.Image, mask: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The product of a studio photo, cut out with its true mask, on a `busy_backdrop`."""
     # A slightly soft edge, as a real photo has, so that the product does not look pasted on.
     edge = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(1.2))
     alpha = np.asarray(edge, dtype=np.float32)[..., None] / 255.0
     pixels = np.asarray(photo.convert("RGB"), dtype=np.float32) * alpha
-    best, best_contrast = None, -1.0
-    for _ in range(tries):
-        backdrop = busy_backdrop(photo.size, rng)
-        composed = Image.fromarray((pixels + backdrop * (1.0 - alpha)).round().astype(np.uint8))
-        contrast = edge_contrast(composed, mask)
-        if contrast > best_contrast:
-            best, best_contrast = composed, contrast
-        if contrast >= 2 * CONTENT_MISMATCH_BELOW:
-            break
-    return best
+    backdrop = busy_backdrop(photo.size, rng)
+    return Image.fromarray((pixels + backdrop * (1.0 - alpha)).round().astype(np.uint8))
 
 
 def _new_backdrop_photos(folder: Path, count: int, first_index: int, seed: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -37,7 +37,7 @@ from cutout.data.io import (
     to_mask_values,
     to_rgb,
 )
-from cutout.data.manifest import DatasetWriter, manifest_uri, read_jsonl
+from cutout.data.manifest import PERSON_CHECKED_SOURCES, DatasetWriter, manifest_uri, read_jsonl
 from cutout.data.parallel import ordered_map
 from cutout.data.quality import (
     CONTENT_MISMATCH_BELOW,
@@ -90,6 +90,9 @@ class _RawPair:
     id: str
     images: tuple[str, ...]
     masks: tuple[str, ...]
+    person_checked: bool = (
+        False  # a person drew or approved the mask on this photo (`PERSON_CHECKED_SOURCES`)
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,14 @@ def _pairing_problem(pair: _RawPair) -> _Reject | None:
 # --- fields carried over from the input manifest -------------------------------------------------
 
 
+def _marked_person_checked(pairs: Iterator[_RawPair], carried: _CarriedFields) -> Iterator[_RawPair]:
+    """The pairs, each marked when its manifest's `source` says a person checked its mask."""
+    for pair in pairs:
+        if carried.get(pair.id).get("source") in PERSON_CHECKED_SOURCES:
+            pair = replace(pair, person_checked=True)
+        yield pair
+
+
 class _CarriedFields:
     """Per-id fields of ``src/manifest.jsonl``, spooled to an on-disk SQLite table.
 
@@ -227,13 +238,20 @@ def _mask_levels(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(to_mask_values(image) * 255).astype(np.uint8))
 
 
-def _mask_problem(pair_id: str, photo: Image.Image, mask: np.ndarray) -> _Reject | None:
-    """Reject an empty or full mask, or one whose outline does not follow this photo's edges."""
+def _mask_problem(pair_id: str, photo: Image.Image, mask: np.ndarray, person_checked: bool) -> _Reject | None:
+    """Reject an empty or full mask, or one whose outline does not follow this photo's edges.
+
+    A mask a person drew or approved on this very photo skips the outline check: that check catches a
+    mask paired with the wrong photo, which the reviewer has ruled out, and it also drops true masks on
+    busy backdrops (whose edges drown the outline's), the very photos reviews are most often about.
+    """
     coverage = float(mask.mean())
     if coverage < EMPTY_MASK_FRACTION:
         return _Reject(pair_id, "empty_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
     if coverage > 1 - EMPTY_MASK_FRACTION:
         return _Reject(pair_id, "full_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
+    if person_checked:
+        return None
     contrast = edge_contrast(photo, mask)
     if contrast < CONTENT_MISMATCH_BELOW:
         message = f"the mask's outline does not follow the photo's edges (edge contrast {contrast:.2f})"
@@ -260,7 +278,7 @@ def _clean_pair(pair: _RawPair, size: int, max_pixels: int | None) -> _Cleaned |
         return _Reject(pair.id, "size_mismatch", message, "pair")
     levels = _mask_levels(mask_image)
     small_photo, small_mask = resize_square(to_rgb(photo), size), resize_mask(levels, size)
-    problem = _mask_problem(pair.id, small_photo, small_mask)
+    problem = _mask_problem(pair.id, small_photo, small_mask, pair.person_checked)
     if problem is not None:
         return problem
     notes = _photo_notes(photo_header) + _mask_notes(mask_header, mask_image, levels)
@@ -349,7 +367,8 @@ def clean_dataset(
     Pairs ``src/images/<id>.<ext>`` with ``src/masks/<id>.<ext>`` by id. Rejects, one line per id in
     ``dst/rejects.jsonl`` with a code from `REJECT_REASONS`: missing or ambiguous partners,
     unreadable, truncated or oversized files (the `ImageError` reasons), size mismatches (after EXIF
-    orientation), empty or full masks, masks of another photo (``content_mismatch``), and exact or
+    orientation), empty or full masks, masks of another photo (``content_mismatch``; not checked for
+    masks a person drew or approved, whose ``source`` is in `PERSON_CHECKED_SOURCES`), and exact or
     near duplicates of a pair kept earlier. Normalises CMYK, 16-bit, palette, grey and rotated photos
     and palette, alpha, soft and rotated masks, listing what it did in each record's ``normalised``.
     Photos are area-averaged to ``size``×``size`` and saved as JPEG (quality 95); masks are
@@ -379,7 +398,7 @@ def clean_dataset(
     work = partial(_clean_pair, size=size, max_pixels=max_pixels)
     with _CarriedFields(src) as carried, DatasetWriter(dst) as writer:
         kept = _KeptPhotos()
-        for result in ordered_map(work, _pair_by_id(src)):
+        for result in ordered_map(work, _marked_person_checked(_pair_by_id(src), carried)):
             reason = _write_outcome(result, writer, kept, carried, size)
             per_reason.update([reason] if reason else [])
             if on_progress is not None:

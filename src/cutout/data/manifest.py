@@ -15,6 +15,11 @@ from types import TracebackType
 
 from cutout.platform import storage
 
+# The `source` of pairs whose mask a person drew on the review page, or approved as it was predicted.
+SOURCE_CORRECTED = "feedback-corrected"
+SOURCE_ACCEPTED = "feedback-accepted"
+PERSON_CHECKED_SOURCES = frozenset({SOURCE_CORRECTED, SOURCE_ACCEPTED})
+
 MANIFEST_NAME = "manifest.jsonl"
 REJECTS_NAME = "rejects.jsonl"
 

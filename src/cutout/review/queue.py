@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cutout.data.io import ImageError, decode_image, encode_image, image_info, read_header, to_mask_values
+from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED
 from cutout.platform import storage
 from cutout.review.claims import DEFAULT_CLAIM_SECONDS, Claim, ClaimConflict, Claims
 from cutout.serve.feedback import (
@@ -48,8 +49,6 @@ from cutout.serve.feedback import (
 
 CORRECTED_STORE = "retrain/corrected"
 REVIEW_REJECTED = "review/rejected"
-SOURCE_CORRECTED = "feedback-corrected"  # the manifest's `source` of repainted masks
-SOURCE_ACCEPTED = "feedback-accepted"  # predicted masks a person approved as they were
 ACCEPT, REJECT, SAVE = "accept", "reject", "save"
 _PAST = {ACCEPT: "accepted", REJECT: "rejected", SAVE: "corrected"}
 _ITEM_FILES = ("id", "photo", "mask")  # item.json keys that name the pending files, not facts
