@@ -29,7 +29,8 @@ from PIL import Image
 
 from cutout.data.io import read_image
 from cutout.platform import storage
-from cutout.serve import feedback, local
+from cutout.serve import feedback, local, transformer
+from cutout.serve.photos import CutoutOptions, Photo
 from helpers import fresh_bucket, product_photo
 from serving import (
     JSON,
@@ -145,7 +146,13 @@ def test_v1_answers_like_the_predictor_and_routes_to_retraining(
     instances = [{"image_b64": data}, {"b64": data, "output": "mask"}, flattened]
     response = post(service.transformer_url, V1, {"instances": instances}, request_id="v1-retrain")
     assert response.status_code == 200, response.text
-    direct = post(service.predictor_url, V1, {"instances": instances}).json()
+    # Each instance has its own options: the transformer asked the predictor for each on its own (v2
+    # options are per request), so each is compared with the predictor's answer to that instance alone.
+    direct = [post(service.predictor_url, V1, {"instances": [one]}).json() for one in instances]
+    direct = {
+        "model_version": direct[0]["model_version"],
+        "predictions": [d["predictions"][0] for d in direct],
+    }
     body = response.json()
     assert body["model_name"] == MODEL and body["model_version"] == direct["model_version"]
     assert body["model_version"].startswith("u2netp.ckpt-")
@@ -153,7 +160,7 @@ def test_v1_answers_like_the_predictor_and_routes_to_retraining(
     assert [set(p) for p in body["predictions"]] == [set(p) for p in direct["predictions"]]
     assert_cutout_of(photo, decoded(both["mask"]), decoded(both["cutout"]))
     assert (both["width"], both["height"]) == photo.size and 0.0 <= both["score"] <= 1.0
-    # The predictor's own answer, passed on: the photos went through the network as one batch here too.
+    # The predictor's own answer, passed on.
     for ours, theirs in zip(body["predictions"], direct["predictions"], strict=True):
         assert ours["score"] == pytest.approx(theirs["score"], rel=1e-6)  # via the predictor's FP32
         for key in set(ours) & {"mask", "cutout"}:
@@ -219,6 +226,25 @@ def test_v2_through_tritonclient_and_kserve_client(service: local.LocalService, 
     (record,) = records_of(store, "v2-pixels", 1)
     stored = read_image(storage.read_bytes(storage.join(store, record["image"])))
     assert np.array_equal(np.asarray(stored), np.asarray(photos[0]))
+
+
+def test_photos_with_different_options_go_as_one_request_each_and_come_back_in_order() -> None:
+    image = Image.new("RGB", (4, 4))
+    options = [CutoutOptions("mask"), CutoutOptions("both"), CutoutOptions("mask"), CutoutOptions("cutout")]
+    photos = [Photo(image, option, raw=b"photo %d" % i) for i, option in enumerate(options)]
+
+    groups = transformer.photos_by_options(photos)
+
+    assert groups == [[0, 2], [1], [3]]
+    answers = [
+        transformer.Prediction(
+            [b"m%d" % i for i in group], [b"c%d" % i for i in group], [float(i) for i in group], MODEL, "7"
+        )
+        for group in groups
+    ]
+    merged = transformer.merge_predictions(groups, answers)
+    assert merged.masks == [b"m0", b"m1", b"m2", b"m3"] and merged.scores == [0.0, 1.0, 2.0, 3.0]
+    assert merged.cutouts == [b"c0", b"c1", b"c2", b"c3"] and merged.model_version == "7"
 
 
 # --- a failing store --------------------------------------------------------------------------------

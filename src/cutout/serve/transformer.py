@@ -8,11 +8,10 @@ response. Per request:
 1. ``preprocess`` decodes and validates the photos with the predictor's codec: a bad request is a 400
    here and never reaches the predictor. A JPEG is decoded at 1/8 of its size (the whole stream is
    still read, so a truncated file is still refused): the transformer never needs its pixels.
-2. ``predict`` forwards the photos to the predictor with the client's options, always asking for the
-   mask too (routing stores it): photo files as the client sent them in one v1 request
-   (``/v1/models/<name>:predict``, options per photo), pixels as a binary UINT8 tensor over v2
-   (``/v2/models/<name>/infer``). Either way the photos go through the network as one batch, as when
-   the client calls the predictor itself.
+2. ``predict`` forwards the photos to the predictor over REST v2 (``/v2/models/<name>/infer``) with
+   the client's options, always asking for the mask too (routing stores it): photo files as the client
+   sent them (base64 BYTES), pixels as a binary UINT8 tensor. v2 options are per request, so photos of
+   a v1 request with different options go as one request per set of options, side by side.
 3. ``postprocess`` passes the predictor's PNGs on in the client's protocol (dropping a mask the client
    did not ask for), and hands every (photo, mask, score) to a `FeedbackRouter`: score ≥ threshold →
    the retraining store, below → the review queue. Routing happens on a background thread; a slow or
@@ -120,11 +119,7 @@ class FeedbackTransformer(kserve.Model):
         super().__init__(name)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
-        root = f"{'https' if use_ssl else 'http'}://{predictor_host}"
-        self.predictor_urls = {
-            "v1": f"{root}/v1/models/{name}:predict",
-            "v2": f"{root}/v2/models/{name}/infer",
-        }
+        self.predictor_url = f"{'https' if use_ssl else 'http'}://{predictor_host}/v2/models/{name}/infer"
         self.feedback_uri = feedback_uri
         self.threshold = threshold
         self.limits = limits
@@ -161,16 +156,25 @@ class FeedbackTransformer(kserve.Model):
     async def predict(
         self, payload: Incoming, headers: dict[str, str] | None = None, response_headers=None
     ) -> tuple[Incoming, Prediction]:
-        """Ask the predictor for each photo's mask, score and (if asked for) cutout."""
+        """Ask the predictor for each photo's mask, score and (if asked for) cutout, over REST v2."""
         photos = payload.request.photos
-        route, body, extra = await asyncio.to_thread(predictor_request, photos, payload.request_id)
-        url = self.predictor_urls[route]
+        groups = photos_by_options(photos)
+        answers = await asyncio.gather(
+            *(self._ask([photos[i] for i in indices], payload.request_id) for indices in groups)
+        )
+        return payload, merge_predictions(groups, answers)
+
+    async def _ask(self, photos: list[Photo], request_id: str) -> Prediction:
+        """One v2 request for photos that share their options."""
+        body, extra = await asyncio.to_thread(predictor_request, photos, request_id)
         with PREDICTOR_SECONDS.time():
             try:
-                response = await self._http().post(url, content=body, headers=extra)
+                response = await self._http().post(self.predictor_url, content=body, headers=extra)
             except httpx.HTTPError as error:
-                raise ModelNotReady(self.name, f"the predictor at {url} is unreachable: {error}") from None
-        return payload, await asyncio.to_thread(parse_prediction, response, photos)
+                raise ModelNotReady(
+                    self.name, f"the predictor at {self.predictor_url} is unreachable: {error}"
+                ) from None
+        return await asyncio.to_thread(parse_prediction, response, photos)
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None, response_headers=None):
         """Answer in the client's protocol with the predictor's PNGs, and route every photo."""
@@ -232,42 +236,47 @@ def photo_format(original: bytes | None) -> str:
     return "" if original is None else read_header(original).format
 
 
-def forwarded_options(options: CutoutOptions) -> dict[str, Any]:
-    """The options asking the predictor for what the client wants, and always for the mask."""
-    forwarded: dict[str, Any] = {"output": "both" if options.wants_cutout else "mask", "crop": options.crop}
+def photos_by_options(photos: list[Photo]) -> list[list[int]]:
+    """The photos' indices grouped by options, in order of first appearance: one predictor request each."""
+    groups: dict[CutoutOptions, list[int]] = {}
+    for index, photo in enumerate(photos):
+        groups.setdefault(photo.options, []).append(index)
+    return list(groups.values())
+
+
+def forwarded_parameters(options: CutoutOptions) -> dict[str, Any]:
+    """The v2 parameters asking the predictor for what the client wants, and always for the mask."""
+    parameters: dict[str, Any] = {"output": "both" if options.wants_cutout else "mask", "crop": options.crop}
     if options.bg_color is not None:
-        forwarded["bg_color"] = "#{:02x}{:02x}{:02x}".format(*options.bg_color)
-    return forwarded
+        parameters["bg_color"] = "#{:02x}{:02x}{:02x}".format(*options.bg_color)
+    return parameters
 
 
-def predictor_request(photos: list[Photo], request_id: str) -> tuple[str, bytes, dict[str, str]]:
-    """The predictor's route ("v1" or "v2"), the request body and its headers.
+def predictor_request(photos: list[Photo], request_id: str) -> tuple[bytes, dict[str, str]]:
+    """A v2 request for photos that share their options, and its headers.
 
-    Photo files go as one v1 request, each with its own options: one batch through the network, as
-    when the client calls the predictor itself. Pixels (which only v2 carries, with one set of options
-    for all) go as a binary UINT8 tensor, not as a JSON list of numbers.
+    Photo files go as the client sent them (base64 BYTES); pixels as a binary UINT8 tensor, not as a
+    JSON list of numbers (all photos of a pixels tensor share one size).
     """
+    parameters = forwarded_parameters(photos[0].options)
     headers = {"content-type": "application/json", "x-request-id": request_id}
     if all(photo.raw is not None for photo in photos):
-        instances = [
-            {"b64": base64.b64encode(photo.raw).decode("ascii"), **forwarded_options(photo.options)}
-            for photo in photos
-        ]
-        return "v1", orjson.dumps({"instances": instances}), headers
+        data = [base64.b64encode(photo.raw).decode("ascii") for photo in photos]
+        tensor = {"name": codec.V2_IMAGE, "datatype": "BYTES", "shape": [len(data)], "data": data}
+        return orjson.dumps({"id": request_id, "inputs": [tensor], "parameters": parameters}), headers
     pixels = np.stack([np.asarray(photo.image, dtype=np.uint8) for photo in photos])
     tensor = {"name": codec.V2_PIXELS, "datatype": "UINT8", "shape": list(pixels.shape),
               "parameters": {"binary_data_size": pixels.nbytes}}  # fmt: skip
-    parameters = forwarded_options(photos[0].options)
     header = orjson.dumps({"id": request_id, "inputs": [tensor], "parameters": parameters})
     headers.update(
         {"content-type": "application/octet-stream", INFERENCE_CONTENT_LENGTH_HEADER: str(len(header))}
     )
-    return "v2", header + pixels.tobytes(), headers
+    return header + pixels.tobytes(), headers
 
 
 def parse_prediction(response: httpx.Response, photos: list[Photo]) -> Prediction:
-    """The predictor's answer (v1 or v2) for these photos → masks, cutouts and scores; its 4xx
-    refusals become the client's 400.
+    """The predictor's v2 answer for photos that share their options → masks, cutouts and scores; its
+    4xx refusals become the client's 400.
 
     Raises:
         InvalidInput: when the predictor refused the request (its message is passed on).
@@ -282,28 +291,36 @@ def parse_prediction(response: httpx.Response, photos: list[Photo]) -> Predictio
             raise InvalidInput(f"the predictor refused the request: {message}")
         raise RuntimeError(f"the predictor failed with {response.status_code}: {message}")
     body = orjson.loads(response.content)
-    if "predictions" in body:  # v1: one object per photo
-        answers = body["predictions"]
-        masks, scores = [p.get("mask") for p in answers], [p.get("score") for p in answers]
-        cutouts = [p.get("cutout") for p in answers]
-    else:  # v2: one output per kind
-        outputs = {output["name"]: output.get("data") or [] for output in body.get("outputs", [])}
-        masks, scores = outputs.get("mask", []), outputs.get("score", [])
-        cutouts = outputs.get("cutout") or [None] * len(masks)
-    if not len(masks) == len(scores) == len(cutouts) == len(photos) or None in masks + scores:
+    outputs = {output["name"]: output.get("data") or [] for output in body.get("outputs", [])}
+    count, wants_cutout = len(photos), photos[0].options.wants_cutout
+    masks, scores = outputs.get("mask", []), outputs.get("score", [])
+    cutouts = outputs.get("cutout", []) if wants_cutout else [None] * count
+    if not len(masks) == len(scores) == len(cutouts) == count:
         raise RuntimeError(
-            f"the predictor's answer does not hold a mask and a score for each of {len(photos)} photos"
+            f"the predictor returned {len(masks)} masks, {len(cutouts)} cutouts and {len(scores)} scores "
+            f"for {count} photos"
         )
-    if any(
-        photo.options.wants_cutout and cutout is None for photo, cutout in zip(photos, cutouts, strict=True)
-    ):
-        raise RuntimeError("the predictor's answer lacks a cutout that was asked for")
     return Prediction(
         masks=[base64.b64decode(mask) for mask in masks],
         cutouts=[None if cutout is None else base64.b64decode(cutout) for cutout in cutouts],
         scores=[float(score) for score in scores], model_name=str(body.get("model_name", MODEL_NAME)),
         model_version=str(body.get("model_version", "")),
     )  # fmt: skip
+
+
+def merge_predictions(groups: list[list[int]], answers: list[Prediction]) -> Prediction:
+    """The answers for each group of photos (`photos_by_options`), back in the request's order."""
+    if len(answers) == 1:
+        return answers[0]
+    order = [index for indices in groups for index in indices]
+    position = {index: rank for rank, index in enumerate(order)}  # photo → its place in the answers
+    masks = [mask for answer in answers for mask in answer.masks]
+    cutouts = [cutout for answer in answers for cutout in answer.cutouts]
+    scores = [score for answer in answers for score in answer.scores]
+    picked = [position[index] for index in range(len(order))]
+    first = answers[0]
+    return Prediction([masks[i] for i in picked], [cutouts[i] for i in picked], [scores[i] for i in picked],
+                      first.model_name, first.model_version)  # fmt: skip
 
 
 def _error_message(response: httpx.Response) -> str:
