@@ -72,7 +72,7 @@ class DemoSettings:
     # Progressive resizing: most epochs at a low resolution, where a step costs 2.8 times less than at
     # 160 px, then a short fine-tune at the resolution the model serves at. Measured on held-out studio
     # photos: 8 epochs at 96 px alone gave mean IoU 0.934; one more epoch at 160 px, 0.962. The pipeline's
-    # demo on 2 quiet cores: 6 epochs at 96 px, about 690 s in all (0.963); 4 epochs, 561 s (0.955).
+    # demo: 6 epochs at 96 px took 1,079 s on 2 busy cores (0.963); 4 epochs, 561 s on quiet ones (0.955).
     epochs: int = 4  # at input_size; 0: no low-resolution stage
     input_size: int = 96
     finish_epochs: int = 1
