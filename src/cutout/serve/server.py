@@ -30,6 +30,7 @@ import ctypes
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import uvicorn
@@ -135,6 +136,7 @@ def serve_model(
             status 0 on SIGTERM, once the server has shut down (callers' ``finally`` blocks run).
     """
     bound_allocator_growth()
+    trim_heap_periodically()
     # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: this one turns it
     # into an exception, so the stack unwinds (the transformer writes its queue) and the status is 0.
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -155,6 +157,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 20
 ARENA_MAX = 2
+HEAP_TRIM_SECONDS = 5.0
 
 
 def bound_allocator_growth() -> bool:
@@ -175,6 +178,34 @@ def bound_allocator_growth() -> bool:
         )
     except (OSError, AttributeError):
         return False
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system now (glibc's ``malloc_trim``); False elsewhere."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap_periodically(interval: float = HEAP_TRIM_SECONDS) -> threading.Thread:
+    """`trim_heap` every `interval` seconds on a daemon thread, for the life of the process.
+
+    Buffers under the mmap threshold (request bodies of 0.5 MB, masks, base64 text) come from the
+    heap, and which ones are alive at once depends on how requests overlap: a freed hole stays resident
+    until glibc trims it, which it does only at the top of a heap. The transformer still climbed by
+    22 MiB over the first 2,000 requests after warm-up of a soak. ``malloc_trim`` also releases whole
+    free pages inside the heap; it takes milliseconds, so every few seconds costs nothing measurable.
+    """
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(interval)
+            trim_heap()
+
+    thread = threading.Thread(target=trim_forever, name="heap-trim", daemon=True)
+    thread.start()
+    return thread
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
