@@ -7,9 +7,9 @@ its own process) and sends real studio photos (1000×1500 JPEGs, v1 JSON, ``outp
 concurrencies, straight to the predictor and through the transformer. The transformer's routing writes
 (photo and mask into a temporary feedback folder) happen as in production and are part of its cost.
 
-Then a soak through the transformer: the servers' resident memory (VmRSS from /proc) after a warm-up
-and after ``--soak-requests`` more requests. Targets on 2 cores (issue 5): the transformer adds ≤ 15 %
-to the predictor's p50, ≥ 6 images/s, memory grows < 5 % after warm-up.
+Then a soak through the transformer: the servers' resident memory (VmRSS from /proc, read at rest)
+after a warm-up and after ``--soak-requests`` more requests. Targets on 2 cores (issue 5): the
+transformer adds ≤ 15 % to the predictor's p50, ≥ 6 images/s, memory grows < 5 % after warm-up.
 
 The client runs on the same cores as the servers (as a sidecar would); it only sends prepared bodies and
 reads the answers, checking a few of them fully. p99 over few requests is close to the maximum.
@@ -45,6 +45,8 @@ from tests.benchmarks.bench_inference import (
 )
 from tests.benchmarks.datasets import CACHE
 from tests.benchmarks.measure import children, status_kib
+
+from cutout.serve.server import HEAP_TRIM_SECONDS
 
 V1_PATH = "/v1/models/cutout:predict"
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # the last: `--runtime onnx` with the int8 file
@@ -299,7 +301,13 @@ def drain_feedback(feedback: Path) -> Counter:
 
 
 def resident_mib(pids: dict[str, int]) -> dict[str, float]:
-    """VmRSS (MiB) of each server process and its children, if any, from /proc."""
+    """VmRSS (MiB) of each server process and its children, if any, from /proc, at rest.
+
+    Read after the servers' periodic heap trim has run once with no request in flight
+    (`cutout.serve.server.trim_heap_periodically`): otherwise a reading depends on how many freed
+    buffers of the last burst are still resident, which varied by ±20 MiB from reading to reading.
+    """
+    time.sleep(2 * HEAP_TRIM_SECONDS)
     return {name: sum(status_kib(p, "VmRSS") for p in [pid, *children(pid)]) / 1024
             for name, pid in pids.items()}  # fmt: skip
 
