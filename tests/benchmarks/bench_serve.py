@@ -405,6 +405,14 @@ def summarise(cells: list[Cell]) -> None:
           f"({where}): {verdict}", flush=True)  # fmt: skip
 
 
+def memory_trend(readings: list[tuple[int, float]]) -> tuple[float, float]:
+    """The least-squares slope of RSS against requests (MiB per 1,000) and the growth it makes over all
+    of them, relative to the line's start: a leak shows as a slope, a fluctuation does not."""
+    done, mib = np.array([r[0] for r in readings], dtype=float), np.array([r[1] for r in readings])
+    slope, start = np.polyfit(done, mib, 1)
+    return slope * 1000, slope * done[-1] / start
+
+
 def soak(service, bodies: list[bytes], feedback: Path, args: argparse.Namespace) -> None:
     """Servers' RSS after `--soak-warmup` and after `--soak-requests` more requests via the transformer."""
     url = service.transformer_url + V1_PATH
@@ -416,12 +424,14 @@ def soak(service, bodies: list[bytes], feedback: Path, args: argparse.Namespace)
     print(f"after {args.soak_warmup} warm-up requests: "
           + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in before.items()), flush=True)  # fmt: skip
     step, done, start = max(1, args.soak_requests // 10), 0, time.perf_counter()
+    readings = [(0, before)]
     while done < args.soak_requests:
         count = min(step, args.soak_requests - done)
         run_load(url, bodies, count, args.soak_concurrency, offset=done)
         done += count
         drained += drain_feedback(feedback)
         now = resident_mib(pids)
+        readings.append((done, now))
         rate = done / (time.perf_counter() - start)
         print(f"  {done:>6}/{args.soak_requests} requests ({rate:.2f}/s): "
               + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in now.items()), flush=True)  # fmt: skip
@@ -436,6 +446,10 @@ def soak(service, bodies: list[bytes], feedback: Path, args: argparse.Namespace)
         growth = last / first - 1
         verdict = "ok" if growth < MAX_GROWTH else "OVER"
         print(f"  {name:12} {first:>7.0f} MiB → {last:>7.0f} MiB  {growth:+.2%}  {verdict}", flush=True)
+    for name in pids:
+        slope, projected = memory_trend([(done, now[name]) for done, now in readings])
+        print(f"  {name:12} trend of the {len(readings)} readings: {slope:+.2f} MiB per 1,000 requests, "
+              f"{projected:+.2%} over the soak", flush=True)  # fmt: skip
     print(f"  {routing_summary(metrics)}; items found in the feedback folder: "
           f"{drained['retrain']} retraining, {drained['review']} review", flush=True)  # fmt: skip
 
