@@ -90,9 +90,8 @@ class _RawPair:
     id: str
     images: tuple[str, ...]
     masks: tuple[str, ...]
-    person_checked: bool = (
-        False  # a person drew or approved the mask on this photo (`PERSON_CHECKED_SOURCES`)
-    )
+    # A person drew or approved the mask on this photo (its `source` is in `PERSON_CHECKED_SOURCES`).
+    person_checked: bool = False
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,11 @@ def bound_allocator_growth() -> bool:
 
 
 def trim_heap() -> bool:
-    """Give the heap's free pages back to the system now (glibc's ``malloc_trim``); False elsewhere."""
+    """Give the heap's free pages back to the system now (glibc's ``malloc_trim``).
+
+    Returns:
+        True when memory was released; False when there was none to release, or the C library is not glibc.
+    """
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
@@ -193,10 +197,11 @@ def trim_heap_periodically(interval: float = HEAP_TRIM_SECONDS) -> threading.Thr
 
     Buffers under the mmap threshold (request bodies of 0.5 MB, masks, base64 text) come from the
     heap, and which ones are alive at once depends on how requests overlap: a freed hole stays resident
-    until glibc trims it, which it does only at the top of a heap. The transformer still climbed by
-    22 MiB over the first 2,000 requests after warm-up of a soak. ``malloc_trim`` also releases whole
+    until glibc trims it, which it does only at the top of a heap: a transformer climbed from 283 to
+    305 MiB over the first 2,000 requests after a soak's warm-up. ``malloc_trim`` also releases whole
     free pages inside the heap: 2.5 ms when it released 57 MiB, 0.1 ms when there was nothing to
-    release, so once a second costs nothing measurable.
+    release, so once a second costs nothing measurable. With it, 10,000 requests read at rest showed
+    no trend (the transformer moved between 235 and 270 MiB, the predictor stayed at 495-498 MiB).
     """
 
     def trim_forever() -> None:
