@@ -313,12 +313,11 @@ def merge_predictions(groups: list[list[int]], answers: list[Prediction]) -> Pre
     """The answers for each group of photos (`photos_by_options`), back in the request's order."""
     if len(answers) == 1:
         return answers[0]
-    order = [index for indices in groups for index in indices]
-    position = {index: rank for rank, index in enumerate(order)}  # photo → its place in the answers
+    order = [index for indices in groups for index in indices]  # the photo each answer is about
+    picked = sorted(range(len(order)), key=order.__getitem__)  # the answers, in the photos' order
     masks = [mask for answer in answers for mask in answer.masks]
     cutouts = [cutout for answer in answers for cutout in answer.cutouts]
     scores = [score for answer in answers for score in answer.scores]
-    picked = [position[index] for index in range(len(order))]
     first = answers[0]
     return Prediction([masks[i] for i in picked], [cutouts[i] for i in picked], [scores[i] for i in picked],
                       first.model_name, first.model_version)  # fmt: skip
