@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import functools
 import logging
 import signal
 import threading
@@ -171,13 +172,11 @@ def bound_allocator_growth() -> bool:
     546), measured side by side on the same requests. Set here rather than by MALLOC_* variables so that
     every way of starting a server gets it.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
-        )
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    fixed_threshold = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    return bool(fixed_threshold and libc.mallopt(_M_ARENA_MAX, ARENA_MAX))
 
 
 def trim_heap() -> bool:
@@ -186,10 +185,20 @@ def trim_heap() -> bool:
     Returns:
         True when memory was released; False when there was none to release, or the C library is not glibc.
     """
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc with its malloc tuning functions, loaded once (each load makes objects for the cyclic GC);
+    None elsewhere (musl, macOS)."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - AttributeError where they are missing
+        return libc
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def trim_heap_periodically(interval: float = HEAP_TRIM_SECONDS) -> threading.Thread:

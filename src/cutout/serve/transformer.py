@@ -175,6 +175,7 @@ class FeedbackTransformer(kserve.Model):
                 raise ModelNotReady(
                     self.name, f"the predictor at {self.predictor_url} is unreachable: {error}"
                 ) from None
+        release_stream(response)
         return await asyncio.to_thread(parse_prediction, response, photos)
 
     async def postprocess(self, result: Any, headers: dict[str, str] | None = None, response_headers=None):
@@ -273,6 +274,18 @@ def predictor_request(photos: list[Photo], request_id: str) -> tuple[bytes, dict
         {"content-type": "application/octet-stream", INFERENCE_CONTENT_LENGTH_HEADER: str(len(header))}
     )
     return header + pixels.tobytes(), headers
+
+
+def release_stream(response: httpx.Response) -> None:
+    """Break the reference cycle between a read httpx response and its stream (encode/httpx#3733).
+
+    Left alone, the cycle outlives the request. By then its objects have usually been promoted to the
+    oldest garbage-collector generation, so the predictor's answer (megabytes of base64 PNGs) and the
+    photo sent stay resident until the next full collection, which a process with 190,000 long-lived
+    objects runs rarely: at rest the transformer held 20-30 MiB of such garbage, between 235 and 270 MiB
+    from one reading to the next. Once the cycle is broken, reference counting frees them at once.
+    """
+    response.stream = httpx.ByteStream(b"")  # the body is read; the stream is never used again
 
 
 def parse_prediction(response: httpx.Response, photos: list[Photo]) -> Prediction:
