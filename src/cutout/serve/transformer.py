@@ -282,8 +282,9 @@ def release_stream(response: httpx.Response) -> None:
     Left alone, the cycle outlives the request. By then its objects have usually been promoted to the
     oldest garbage-collector generation, so the predictor's answer (megabytes of base64 PNGs) and the
     photo sent stay resident until the next full collection, which a process with 190,000 long-lived
-    objects runs rarely: at rest the transformer held 20-30 MiB of such garbage, between 235 and 270 MiB
-    from one reading to the next. Once the cycle is broken, reference counting frees them at once.
+    objects runs rarely: at rest the transformer held 20-30 MiB of such garbage, 235 to 270 MiB from one
+    reading to the next over a 10,000-request soak. With the cycle broken, reference counting frees them
+    at once, and the same soak read 215-218 MiB throughout.
     """
     response.stream = httpx.ByteStream(b"")  # the body is read; the stream is never used again
 
