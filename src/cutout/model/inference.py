@@ -101,6 +101,11 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning. Spinning threads burn the cores that decoding,
+        # PNG encoding and the other requests' threads need: behind the transformer at concurrency 4 on 2
+        # cores, the predictor spent 307 ms of CPU per photo spinning and 239 ms not, and served 7.35
+        # photos/s instead of 6.1 (int8 U²-NetP, 1000×1500 JPEGs).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
