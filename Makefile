@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Outside the repository, so a fresh clone reuses the Horovod wheel built once (about 10 minutes).
 export CUTOUT_WHEEL_CACHE ?= $(HOME)/.cache/cutout/wheels
+# The official U²-NetP weights, fetched once at set-up (never at run time) and read by `--model u2netp`.
+export CUTOUT_WEIGHTS_CACHE ?= $(HOME)/.cache/cutout/weights
 
-.PHONY: demo test bench lint format clean images
+.PHONY: demo test bench lint format clean images weights
 
 $(STAMP): pyproject.toml scripts/build-horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +22,14 @@ $(STAMP): pyproject.toml scripts/build-horovod.sh
 	scripts/build-horovod.sh $(PY)
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Checked on every run (a hash, milliseconds): a cleared cache is fetched again instead of failing later.
+weights: $(STAMP)
+	scripts/fetch-weights.sh $(PY)
+
+demo: weights
 	$(PY) -m cutout.demo --workdir .cutout/demo
 
-test: $(STAMP)
+test: weights
 	$(VENV)/bin/ruff format --check src tests components pipelines
 	$(VENV)/bin/ruff check src tests components pipelines
 	scripts/install-chromium.sh  # Debian's Chromium for the review page's browser test (once)
@@ -33,7 +39,7 @@ test: $(STAMP)
 BENCH_COUNTS ?= 2000 10000
 # Requests of the serving soak (memory growth); 10,000 takes over an hour on 2 cores.
 BENCH_SOAK_REQUESTS ?= 10000
-bench: $(STAMP)
+bench: weights
 	$(PY) -m tests.benchmarks.bench_clean --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_cluster --counts $(BENCH_COUNTS)
 	$(PY) -m tests.benchmarks.bench_augment --counts $(BENCH_COUNTS)

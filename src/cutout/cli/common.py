@@ -8,13 +8,18 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cutout import __version__
+from cutout.model.builtin import BUILTIN_MODELS
 
 app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True)
 
 console = Console(stderr=True)
+# What every command that takes a model accepts (`cutout.model.loader.load_predictor`).
+MODEL_HELP = (f"A built-in model ({', '.join(BUILTIN_MODELS)}), models:/NAME@ALIAS or models:/NAME/VERSION, "
+              "a checkpoint or official .pth, or an .onnx file.")  # fmt: skip
 T = TypeVar("T")
 
 
@@ -52,7 +57,8 @@ def main(
 
 
 def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    # One whole line whatever the terminal's width: paths in it must stay readable and greppable.
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
 
 

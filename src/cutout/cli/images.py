@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from cutout.cli.common import app, console, fail, print_failures, progress
+from cutout.cli.common import MODEL_HELP, app, console, fail, print_failures, progress
+from cutout.model.builtin import DEFAULT_MODEL
 
 
 @app.command()
@@ -15,7 +16,7 @@ def remove(
         list[str], typer.Argument(help="Photos: files, folders (recursive), globs or s3:// prefixes.")
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3:// prefix.")],
-    model: Annotated[str, typer.Option(help="Model: a checkpoint or official .pth, or an .onnx file.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     mask_only: Annotated[
         bool, typer.Option(help="Write the mask (8-bit PNG) instead of the cutout.")
     ] = False,
@@ -59,7 +60,7 @@ app.add_typer(export_app, name="export")
 
 @export_app.command("onnx")
 def export_onnx(
-    model: Annotated[str, typer.Option(help="Checkpoint or official .pth to export.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     out: Annotated[str, typer.Option("--out", "-o", help="The .onnx file to write.")],
     int8: Annotated[bool, typer.Option(help="Quantise to int8 (static, calibrated).")] = False,
     calibration: Annotated[str | None, typer.Option(help="Folder of photos to calibrate int8 with.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cutout.cli.common import T, app, console, fail, with_progress
+from cutout.cli.common import MODEL_HELP, T, app, console, fail, with_progress
 
 
 @app.command(
@@ -23,7 +23,7 @@ def train(context: typer.Context) -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="Checkpoint, .onnx, or models:/NAME@ALIAS.")],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     data: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
     out: Annotated[str, typer.Option(help="Report folder or s3:// prefix.")],
     split: Annotated[
@@ -93,9 +93,7 @@ def promote(
 
 @app.command("calibrate-threshold")
 def calibrate_threshold(
-    model: Annotated[
-        str, typer.Option(help="Checkpoint, .onnx, models:/NAME@ALIAS or models:/NAME/VERSION.")
-    ],
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
     data: Annotated[str, typer.Option(help="Dataset folder or s3:// prefix.")],
     out: Annotated[str, typer.Option(help="Report folder or s3:// prefix.")],
     split: Annotated[

@@ -62,6 +62,16 @@ def upscale_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> n
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+def declared_input_size(input_shape: list, metadata: dict[str, str]) -> int:
+    """The square size an ONNX file's network runs at: its metadata, else a fixed height, else 320.
+
+    Our exports are dynamic and keep the size they were trained at in their metadata; a file exported with
+    fixed dimensions (rembg's official u2netp.onnx: 1×3×320×320) says it in its input's shape.
+    """
+    height = input_shape[2] if len(input_shape) == 4 else None
+    return int(metadata.get(INPUT_SIZE_KEY, height if isinstance(height, int) else INPUT_SIZE))
+
+
 class TorchPredictor:
     """A U²-Net in PyTorch, on the CPU with channels_last (faster convolutions) or on CUDA."""
 
@@ -107,13 +117,27 @@ class OnnxPredictor:
         # photos/s instead of 6.1 (int8 U²-NetP, 1000×1500 JPEGs).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
         self.output_name = self.session.get_outputs()[0].name
         self.description = f"onnxruntime ({Path(path).name})"
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.input_size = int(metadata.get(INPUT_SIZE_KEY, INPUT_SIZE))
+        self.input_size = declared_input_size(model_input.shape, metadata)
+        batch = model_input.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is None or len(batch) == self.fixed_batch:
+            return self._run(batch)
+        # A fixed-batch file runs its photos in groups of exactly its batch (photo by photo for batch 1)
+        # instead of failing on a batch of another size.
+        groups = [batch[start : start + self.fixed_batch] for start in range(0, len(batch), self.fixed_batch)]
+        if len(groups[-1]) < self.fixed_batch:  # pad the last group; the padding's maps are dropped
+            padding = np.repeat(groups[-1][-1:], self.fixed_batch - len(groups[-1]), axis=0)
+            groups[-1] = np.concatenate([groups[-1], padding])
+        return np.concatenate([self._run(group) for group in groups])[: len(batch)]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         (fused,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})
         return fused[:, 0]
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cutout.model.builtin import builtin_model_path, is_builtin
+from cutout.model.folded import load_folded_onnx, onnx_input_size
 from cutout.model.u2net import U2Net, u2net, u2netp
 from cutout.platform import storage
 
@@ -66,19 +69,33 @@ def load_model(uri: str | Path, variant: str | None = None) -> tuple[U2Net, dict
     """Build the right variant and load official weights or a cutout checkpoint into it, strictly.
 
     Args:
-        uri: a local path or `s3://` URI of an official `u2net.pth`/`u2netp.pth` or a cutout checkpoint.
+        uri: a built-in model name (`u2netp`); a local path or `s3://` URI of an official
+            `u2net.pth`/`u2netp.pth`, a cutout checkpoint, or an fp32 `.onnx` export (rembg's or ours,
+            batch norm folded: loaded as identity, see `cutout.model.folded`).
         variant: the expected variant; detected from the weights when left out.
 
     Returns:
         The model in eval mode on the CPU, and the checkpoint's metadata (empty for official weights).
     """
-    state_dict, metadata = read_state_dict(uri)
-    detected = metadata.get("variant") or detect_variant(state_dict)
+    if is_builtin(str(uri)) or str(uri).lower().endswith(".onnx"):
+        model, detected, metadata = _load_onnx(str(uri))
+    else:
+        state_dict, metadata = read_state_dict(uri)
+        detected = metadata.get("variant") or detect_variant(state_dict)
+        model = build_model(detected)
+        model.load_state_dict(state_dict, strict=True)
     if variant is not None and variant != detected:
         raise WeightsError(f"{uri}: holds {detected} weights, not {variant}")
-    model = build_model(detected)
-    model.load_state_dict(state_dict, strict=True)
     return model.eval(), metadata
+
+
+def _load_onnx(uri: str) -> tuple[U2Net, str, dict[str, Any]]:
+    """A built-in model or an exported `.onnx` file, its folded batch norms as identity (see `folded`)."""
+    builtin = is_builtin(uri)
+    with nullcontext(builtin_model_path(uri)) if builtin else storage.local_copy(uri) as local:
+        model, variant = load_folded_onnx(local)
+        metadata = {"variant": variant, "input_size": onnx_input_size(local)}
+    return model, variant, metadata | ({"builtin": uri} if builtin else {})
 
 
 def load_weights(uri: str | Path, variant: str | None = None) -> U2Net:

@@ -23,6 +23,7 @@ import numpy as np
 
 from cutout.compose import alpha_at_size
 from cutout.evaluate.confidence import mask_confidence
+from cutout.model.builtin import builtin_model_path, is_builtin
 from cutout.model.inference import MaskPredictor, minmax_normalise, preprocess
 from cutout.model.loader import REGISTRY_SCHEME, load_predictor
 from cutout.platform import storage
@@ -135,6 +136,9 @@ def resolve_model_version(uri: str) -> tuple[str, str]:
     Raises:
         ValueError: when no version holds the alias.
     """
+    if is_builtin(uri):
+        digest = hashlib.sha256(builtin_model_path(uri).read_bytes()).hexdigest()[:12]
+        return uri, f"{uri}-{digest}"
     if uri.startswith(REGISTRY_SCHEME):
         from cutout.platform.registry import pin_alias
 
@@ -148,12 +152,14 @@ def resolve_model_version(uri: str) -> tuple[str, str]:
 
 
 def default_runtime(uri: str) -> str:
-    """ONNX Runtime for an ``.onnx`` file, PyTorch for everything else."""
-    return "onnx" if uri.lower().endswith(".onnx") else "torch"
+    """ONNX Runtime for an ``.onnx`` file or a built-in model, PyTorch for everything else."""
+    return "onnx" if is_builtin(uri) or uri.lower().endswith(".onnx") else "torch"
 
 
 def check_runtime(uri: str, runtime: str) -> None:
     """Refuse a file that the chosen runtime cannot run, with what to do instead."""
+    if is_builtin(uri):
+        return  # built-in models run in both: ONNX Runtime as they are, PyTorch once converted
     is_onnx = uri.lower().endswith(".onnx")
     if runtime == "torch" and is_onnx:
         raise ValueError(f"--runtime torch needs a checkpoint, but {uri} is an ONNX file: use --runtime onnx")
@@ -168,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     """KServe's model-server arguments, ``--host`` and the request limits (`server_parser`), plus ours."""
     parser = server_parser("cutout serve predictor", __doc__.split("\n")[0], MODEL_NAME)
     add = parser.add_argument
-    add("--model-uri", required=True, help="models:/NAME@ALIAS, a checkpoint, or an .onnx file")
+    add("--model-uri", required=True,
+        help="a built-in model (u2netp), models:/NAME@ALIAS, a checkpoint, or an .onnx file")  # fmt: skip
     add("--runtime", choices=RUNTIMES, help="torch or onnx; unset: onnx for an .onnx file, else torch")
     return parser
 
