@@ -54,7 +54,7 @@ def cutout_training_pipeline(
     data_uri: str,
     feedback_uri: str = "",
     work_uri: str = "",
-    model_variant: str = "u2net",
+    model_variant: str = "u2netp",
     clean_size: int = 320,
     clusters: int = 6,
     val_fraction: float = 0.1,
@@ -62,14 +62,14 @@ def cutout_training_pipeline(
     augment_copies: int = 2,
     epochs: int = 30,
     batch_size: int = 10,
-    lr: float = 1e-3,
+    lr: float = 3e-5,
     warmup_epochs: float = 1.0,
     input_size: int = 320,
     crop: int = 288,
     low_res_epochs: int = 0,
     low_res_size: int = 160,
     low_res_lr: float = 2e-3,
-    pretrained: str = "",
+    pretrained: str = "u2netp",
     workers: int = 2,
     gpus_per_worker: int = 1,
     gpu_node_selector: dict = ON_DEMAND_GPU_NODES,
@@ -79,6 +79,7 @@ def cutout_training_pipeline(
     train_timeout_s: float = 86_400.0,
     routing_threshold: float = -1.0,
     promotion_margin: float = 0.0,
+    real_holdout_uri: str = "",
     deploy_model: bool = True,
     canary_percent: int = 0,
     serve_image: str = "",
@@ -95,9 +96,10 @@ def cutout_training_pipeline(
         clean_size, clusters, val_fraction, cluster_overrides, augment_copies: The data steps' settings.
         epochs, batch_size, lr, warmup_epochs, input_size, crop: Training (batch and rate per worker).
         low_res_epochs, low_res_size, low_res_lr: A first stage at a low resolution; 0 epochs: none.
-        pretrained: Weights the first stage fine-tunes: a checkpoint (path or s3://) or a registry URI;
-            `models:/cutout@champion` fine-tunes the current champion (scheduled retraining) and trains
-            from scratch, with a loud note, while there is none. Empty: from scratch.
+        pretrained: Weights the first stage fine-tunes: a built-in model (`u2netp`, the default: the
+            official pretrained U²-NetP), a checkpoint (path or s3://) or a registry URI;
+            `models:/cutout@champion` fine-tunes the current champion (scheduled retraining) and starts
+            from the built-in `u2netp`, with a loud note, while there is none. Empty: from scratch.
         workers: Horovod workers (MPIJob worker pods; local processes with `local`).
         gpus_per_worker: GPUs per worker pod (one rank each).
         gpu_node_selector: Labels of the on-demand GPU node pool (spot nodes kill long training).
@@ -106,7 +108,10 @@ def cutout_training_pipeline(
         train_image, serve_image: Training and serving images; empty: cutout-train, cutout-serve:<version>.
         train_timeout_s: How long one training stage may take.
         routing_threshold: The transformer's threshold; negative: the version's calibrated one.
-        promotion_margin: How much higher than the champion's mean IoU a new model must score.
+        promotion_margin: How much the lower end of the gain's 95% interval (candidate minus champion,
+            mean IoU over the same photos) must exceed on some domain for a promotion.
+        real_holdout_uri: Real photos the gate compares the candidate and the champion on, beside the
+            `val` split: empty, the 200 street-fashion photos cutout ships; `none`, no such holdout.
         deploy_model: Deploy a promoted model.
         canary_percent: Send this share (1-99) of traffic to the new revision at first; 0: all of it.
         local: Train with local Horovod workers and do not deploy (write the InferenceService's YAML).
@@ -162,6 +167,7 @@ def cutout_training_pipeline(
                 metrics=evaluated.outputs["metrics"],
                 holdout=clustered.outputs["clustered"],
                 promotion_margin=promotion_margin,
+                real_holdout_uri=real_holdout_uri,
             )
         )
         # Two conditions, so the KFP UI shows why a run did not deploy. `== True`: a KFP condition.

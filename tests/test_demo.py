@@ -62,6 +62,9 @@ def test_demo_trains_serves_reviews_and_retrains_on_the_corrections(tmp_path):
         if record["id"] in corrected_ids and record["split"] == "train":
             assert record["id"] in trained
     assert client.get_model_version("cutout", "2").tags["promotion.reason"] == retrain.reason
-    # The feedback changed the held-out split: the gate scored the champion on the new one to compare.
-    assert "re-evaluated" in retrain.reason
+    # The gate scored both versions on the same photos, the synthetic split and the real photos, per domain.
+    assert "synthetic (" in retrain.reason and "real (200 photos)" in retrain.reason
+    assert "95% interval" in retrain.reason
+    tags = client.get_model_version("cutout", "2").tags
+    assert {"promotion.real_interval", "promotion.synthetic_interval"} <= tags.keys()
     assert set(result.seconds) >= {"first pipeline run", "serve", "review", "retraining run", "total"}

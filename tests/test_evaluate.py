@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -259,8 +260,9 @@ def test_evaluate_model_writes_the_report(dataset: Path, checkpoint: Path, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result.metrics
     expected_keys = {"count", "mean_iou", "iou_ge_0.95", "iou_ge_0.97", "iou_ge_0.99", "mean_mae",
-                     "mean_max_fbeta", "mean_boundary_iou", "per_cluster"}  # fmt: skip
+                     "mean_max_fbeta", "mean_boundary_iou", "per_cluster", "per_domain"}  # fmt: skip
     assert set(metrics) == expected_keys
+    assert set(metrics["per_domain"]) == {"synthetic"}  # the synthetic catalogue says so in its records
     assert metrics["count"] == 6
     assert set(metrics["per_cluster"]) == {"tops", "pants", "shorts"}
     assert all(row["count"] == 2 for row in metrics["per_cluster"].values())
@@ -271,6 +273,26 @@ def test_evaluate_model_writes_the_report(dataset: Path, checkpoint: Path, tmp_p
     assert all((out / source).is_file() for source in sources)
     for cluster in ("tops", "pants", "shorts"):
         assert f"<th>{cluster}</th>" in page
+
+
+def test_real_photos_and_the_synthetic_catalogue_are_scored_and_shown_apart(
+    dataset: Path, checkpoint: Path, tmp_path: Path
+):
+    records = [json.loads(line) for line in (dataset / "manifest.jsonl").read_text().splitlines()]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(dataset, mixed)
+    for index, record in enumerate(records):
+        record["domain"] = "real" if index % 2 else "synthetic"
+    (mixed / "manifest.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    result = evaluate_model(str(checkpoint), str(mixed), str(tmp_path / "report"), batch_size=4)
+
+    per_domain = result.metrics["per_domain"]
+    assert set(per_domain) == {"real", "synthetic"}
+    assert per_domain["real"]["count"] + per_domain["synthetic"]["count"] == result.metrics["count"]
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Worst examples: real" in page and "Best examples: synthetic" in page
+    assert (tmp_path / "report" / "img" / "real-worst-01-photo.png").is_file()
 
 
 def test_evaluate_model_scores_a_perfect_prediction_perfectly(
@@ -291,7 +313,7 @@ def test_evaluate_model_scores_a_perfect_prediction_perfectly(
     assert result.metrics["mean_mae"] == 0.0
     assert result.report == f"{out}/index.html"
     assert json.loads(storage.read_text(f"{out}/metrics.json")) == result.metrics
-    assert storage.exists(f"{out}/img/worst-01-cutout.png")
+    assert storage.exists(f"{out}/img/synthetic-worst-01-cutout.png")
 
 
 def test_evaluate_model_refuses_an_empty_selection(dataset: Path, checkpoint: Path, tmp_path: Path):

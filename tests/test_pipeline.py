@@ -95,7 +95,8 @@ def test_the_parameters_the_platform_engineers_set(compiled):
               "low_res_epochs", "low_res_size", "pretrained", "local"}  # fmt: skip
     assert wanted <= parameters.keys()
     assert not parameters["data_uri"].is_optional  # the only required one
-    assert parameters["pretrained"].default_value.string_value == ""  # from scratch unless asked
+    assert parameters["pretrained"].default_value.string_value == "u2netp"  # the official weights
+    assert parameters["model_variant"].default_value.string_value == "u2netp"
     selector = parameters["gpu_node_selector"].default_value.struct_value
     assert dict(selector) == {"eks.amazonaws.com/capacityType": "ON_DEMAND"}  # on-demand, never spot
 

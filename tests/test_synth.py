@@ -15,7 +15,18 @@ from cutout.data.io import encode_image, read_image, read_mask
 from cutout.data.synth import JPEG_QUALITY, PRODUCT_TYPES, generate_pair, synthesize_dataset
 from cutout.platform import storage
 
-MANIFEST_FIELDS = {"id", "image", "mask", "width", "height", "product_type", "source", "seed", "checksum"}
+MANIFEST_FIELDS = {
+    "id",
+    "image",
+    "mask",
+    "width",
+    "height",
+    "product_type",
+    "source",
+    "domain",
+    "seed",
+    "checksum",
+}
 
 
 def _luma(image: Image.Image) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_fine_tuning_starts_from_official_weights(data, tmp_path):
     )  # lr 0: still the official weights
 
 
-def test_fine_tuning_starts_from_the_registry_champion_or_from_scratch_while_there_is_none(
+def test_fine_tuning_starts_from_the_registry_champion_or_the_official_weights_while_there_is_none(
     data, tmp_path, mlflow_local, u2netp_checkpoint, capsys
 ):
     from cutout.platform import registry
@@ -131,7 +131,10 @@ def test_fine_tuning_starts_from_the_registry_champion_or_from_scratch_while_the
     from cutout.train.train import load_pretrained, pin_pretrained
 
     champion = "models:/cutout@champion"
-    assert pin_pretrained(champion) is None  # an empty registry: a first scheduled run trains from scratch
+    # An empty registry: a first scheduled run starts from the official U²-NetP (U²-Net has none built in).
+    assert pin_pretrained(champion, variant="u2netp") == "u2netp"
+    assert "from the built-in pretrained 'u2netp'" in capsys.readouterr().out
+    assert pin_pretrained(champion, variant="u2net") is None
     assert "FROM SCRATCH" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"--pretrained models:/cutout/7: not found in the MLflow registry"):
         load_pretrained("models:/cutout/7", "u2netp")  # a version that does not exist is an error

@@ -21,7 +21,9 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 if __name__ == "__main__":
     training, history = train(get_args_parser().parse_args(sys.argv[1:]))
-    local = evaluate(training.model, training.val_loader, training.device)  # this rank's shard only
+    # This rank's shard only, summed over the validation domains.
+    scores = [evaluate(training.model, loader, training.device) for loader in training.val_loaders.values()]
+    local = {name: sum(score[name] for score in scores) for name in scores[0]}
     report = {
         "rank": init().rank,
         "weights": weights_digest(training.model),

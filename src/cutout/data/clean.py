@@ -40,9 +40,9 @@ from cutout.data.io import (
 from cutout.data.manifest import PERSON_CHECKED_SOURCES, DatasetWriter, manifest_uri, read_jsonl
 from cutout.data.parallel import ordered_map
 from cutout.data.quality import (
-    CONTENT_MISMATCH_BELOW,
     NEAR_DUPLICATE_BITS,
     content_hash,
+    content_mismatch_threshold,
     edge_contrast,
     perceptual_hash,
     resize_mask,
@@ -92,6 +92,7 @@ class _RawPair:
     masks: tuple[str, ...]
     # A person drew or approved the mask on this photo (its `source` is in `PERSON_CHECKED_SOURCES`).
     person_checked: bool = False
+    domain: str | None = None  # the manifest's `domain` (`real` photos get their own outline threshold)
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,13 @@ def _pairing_problem(pair: _RawPair) -> _Reject | None:
 # --- fields carried over from the input manifest -------------------------------------------------
 
 
-def _marked_person_checked(pairs: Iterator[_RawPair], carried: _CarriedFields) -> Iterator[_RawPair]:
-    """The pairs, each marked when its manifest's `source` says a person checked its mask."""
+def _marked_from_manifest(pairs: Iterator[_RawPair], carried: _CarriedFields) -> Iterator[_RawPair]:
+    """The pairs, each marked with its domain and whether its manifest's `source` says a person checked
+    its mask."""
     for pair in pairs:
-        if carried.get(pair.id).get("source") in PERSON_CHECKED_SOURCES:
-            pair = replace(pair, person_checked=True)
-        yield pair
+        fields = carried.get(pair.id)
+        checked = fields.get("source") in PERSON_CHECKED_SOURCES
+        yield replace(pair, person_checked=checked, domain=fields.get("domain"))
 
 
 class _CarriedFields:
@@ -237,22 +239,23 @@ def _mask_levels(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(to_mask_values(image) * 255).astype(np.uint8))
 
 
-def _mask_problem(pair_id: str, photo: Image.Image, mask: np.ndarray, person_checked: bool) -> _Reject | None:
+def _mask_problem(pair: _RawPair, photo: Image.Image, mask: np.ndarray) -> _Reject | None:
     """Reject an empty or full mask, or one whose outline does not follow this photo's edges.
 
     A mask a person drew or approved on this very photo skips the outline check: that check catches a
     mask paired with the wrong photo, which the reviewer has ruled out, and it also drops true masks on
     busy backdrops (whose edges drown the outline's), the very photos reviews are most often about.
     """
+    pair_id = pair.id
     coverage = float(mask.mean())
     if coverage < EMPTY_MASK_FRACTION:
         return _Reject(pair_id, "empty_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
     if coverage > 1 - EMPTY_MASK_FRACTION:
         return _Reject(pair_id, "full_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
-    if person_checked:
+    if pair.person_checked:
         return None
     contrast = edge_contrast(photo, mask)
-    if contrast < CONTENT_MISMATCH_BELOW:
+    if contrast < content_mismatch_threshold(pair.domain):
         message = f"the mask's outline does not follow the photo's edges (edge contrast {contrast:.2f})"
         return _Reject(pair_id, "content_mismatch", message, "pair")
     return None
@@ -277,7 +280,7 @@ def _clean_pair(pair: _RawPair, size: int, max_pixels: int | None) -> _Cleaned |
         return _Reject(pair.id, "size_mismatch", message, "pair")
     levels = _mask_levels(mask_image)
     small_photo, small_mask = resize_square(to_rgb(photo), size), resize_mask(levels, size)
-    problem = _mask_problem(pair.id, small_photo, small_mask, pair.person_checked)
+    problem = _mask_problem(pair, small_photo, small_mask)
     if problem is not None:
         return problem
     notes = _photo_notes(photo_header) + _mask_notes(mask_header, mask_image, levels)
@@ -397,7 +400,7 @@ def clean_dataset(
     work = partial(_clean_pair, size=size, max_pixels=max_pixels)
     with _CarriedFields(src) as carried, DatasetWriter(dst) as writer:
         kept = _KeptPhotos()
-        for result in ordered_map(work, _marked_person_checked(_pair_by_id(src), carried)):
+        for result in ordered_map(work, _marked_from_manifest(_pair_by_id(src), carried)):
             reason = _write_outcome(result, writer, kept, carried, size)
             per_reason.update([reason] if reason else [])
             if on_progress is not None:

@@ -20,6 +20,9 @@ SOURCE_CORRECTED = "feedback-corrected"
 SOURCE_ACCEPTED = "feedback-accepted"
 PERSON_CHECKED_SOURCES = frozenset({SOURCE_CORRECTED, SOURCE_ACCEPTED})
 
+# Where a pair comes from (its record's `domain`): evaluation, training and the gate score each apart.
+REAL_DOMAIN, SYNTHETIC_DOMAIN, UNLABELLED_DOMAIN = "real", "synthetic", "unlabelled"
+
 MANIFEST_NAME = "manifest.jsonl"
 REJECTS_NAME = "rejects.jsonl"
 
@@ -39,6 +42,11 @@ def read_jsonl(uri: str) -> Iterator[dict]:
                 yield json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{uri}, line {number}: not JSON ({error.msg})") from None
+
+
+def record_domain(record: dict) -> str:
+    """Where a pair comes from: `real` photos, the `synthetic` catalogue, or `unlabelled` (no field)."""
+    return str(record.get("domain") or UNLABELLED_DOMAIN)
 
 
 def read_manifest(dataset: str) -> Iterator[dict]:

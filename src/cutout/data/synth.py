@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from cutout.data.garments import SILHOUETTES, Shape
 from cutout.data.io import encode_image, mask_to_image
-from cutout.data.manifest import DatasetWriter
+from cutout.data.manifest import SYNTHETIC_DOMAIN, DatasetWriter
 from cutout.data.parallel import ordered_map
 
 PRODUCT_TYPES: tuple[str, ...] = (
@@ -312,7 +312,8 @@ def _encode_pair(index: int, size: tuple[int, int], seed: int) -> tuple[str, byt
 def _encoded_pair_record(index: int, encoded: tuple[str, bytes, bytes], size: tuple, seed: int) -> dict:
     product_type, jpeg, _ = encoded
     return {"id": f"synth-{index:06d}", "width": size[0], "height": size[1], "product_type": product_type,
-            "source": "synth", "seed": seed, "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
+            "source": "synth", "domain": SYNTHETIC_DOMAIN, "seed": seed,
+            "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
 
 
 def synthesize_dataset(

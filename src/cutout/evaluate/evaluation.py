@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cutout.data.io import read_image, read_mask
-from cutout.data.manifest import read_manifest
+from cutout.data.manifest import read_manifest, record_domain
 from cutout.evaluate.metrics import ImageScore, score_image, summarize
-from cutout.evaluate.report import ExampleKeeper, make_example, write_report
+from cutout.evaluate.report import ExamplesByDomain, make_example, write_report
 from cutout.model.inference import MaskPredictor, predict_probabilities
 from cutout.model.loader import load_predictor
 from cutout.platform import storage
 
-EXAMPLES = 6  # worst and best pairs shown in the report, each
+EXAMPLES = 6  # worst and best pairs shown in the report, each, per domain
 DEFAULT_CLUSTER = "all"  # the cluster of pairs whose record has none
 Scored = TypeVar("Scored")
 
@@ -103,7 +103,7 @@ def score_pairs(
 
 
 def _score_batch(
-    predictor: MaskPredictor, batch: list[dict], data: str, keeper: ExampleKeeper
+    predictor: MaskPredictor, batch: list[dict], data: str, keeper: ExamplesByDomain
 ) -> list[ImageScore]:
     """Predict one batch and score each pair; offer each to the keeper of examples."""
     images = [read_image(storage.join(data, record["image"])) for record in batch]
@@ -114,10 +114,19 @@ def _score_batch(
         truth = read_mask(storage.join(data, record["mask"]))
         if truth.shape != probabilities.shape:
             raise ValueError(f"pair {record['id']}: mask is {truth.shape[::-1]}, photo is {image.size} (W×H)")
-        score = score_image(record["id"], str(record.get("cluster") or DEFAULT_CLUSTER), probabilities, truth)
+        cluster = str(record.get("cluster") or DEFAULT_CLUSTER)
+        score = score_image(record["id"], cluster, probabilities, truth, record_domain(record))
         keeper.offer(score, functools.partial(make_example, score, image, truth, probabilities))
         scores.append(score)
     return scores
+
+
+def score_model(
+    model_uri: str, data: str, split: str | None = "val", batch_size: int = 8
+) -> list[ImageScore]:
+    """Every selected pair's scores, without a report (the promotion gate compares them photo by photo)."""
+    score = functools.partial(_score_batch, data=data, keeper=ExamplesByDomain(0))
+    return score_pairs(model_uri, data, split, batch_size, score)[1]
 
 
 def evaluate_model(
@@ -147,12 +156,12 @@ def evaluate_model(
     Raises:
         ValueError: when no pair is selected, or a mask's size differs from its photo's.
     """
-    keeper = ExampleKeeper(EXAMPLES)
+    keeper = ExamplesByDomain(EXAMPLES)
     score = functools.partial(_score_batch, data=data, keeper=keeper)
     split, scores = score_pairs(model_uri, data, split, batch_size, score, on_progress)
     if not scores:
         raise ValueError(f"{data}: no pairs to evaluate" + (f" in split {split!r}" if split else ""))
     metrics = summarize(scores)
     subtitle = f"model {model_uri} on {data}, " + (f"split {split}" if split else "all pairs")
-    report = write_report(out, metrics, scores, keeper.worst(), keeper.best(), subtitle)
+    report = write_report(out, metrics, scores, keeper.sections(), subtitle)
     return EvaluationResult(metrics=metrics, report=report)

@@ -43,6 +43,7 @@ class ImageScore:
     mae: float
     max_fbeta: float
     boundary_iou: float
+    domain: str = "unlabelled"  # `real` photos or the `synthetic` catalogue: summarised apart
 
 
 # --- per image ---------------------------------------------------------------------------------
@@ -132,7 +133,9 @@ def boundary_iou(
     return mask_iou(boundary_band(probabilities >= threshold, width), boundary_band(truth, width))
 
 
-def score_image(pair_id: str, cluster: str, probabilities: np.ndarray, truth: np.ndarray) -> ImageScore:
+def score_image(
+    pair_id: str, cluster: str, probabilities: np.ndarray, truth: np.ndarray, domain: str = "unlabelled"
+) -> ImageScore:
     """All four metrics of one pair."""
     probabilities, truth = _checked(probabilities, truth)
     return ImageScore(
@@ -142,6 +145,7 @@ def score_image(pair_id: str, cluster: str, probabilities: np.ndarray, truth: np
         mae=mae(probabilities, truth),
         max_fbeta=max_fbeta(probabilities, truth),
         boundary_iou=boundary_iou(probabilities, truth),
+        domain=domain,
     )
 
 
@@ -159,15 +163,22 @@ def summarize_group(scores: Sequence[ImageScore]) -> dict[str, float]:
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict:
-    """The dataset's summary (`summarize_group` of all images) plus `per_cluster`, one per cluster name.
+    """The dataset's summary (`summarize_group` of all images) plus `per_cluster` and `per_domain`.
 
     Raises:
         ValueError: when there are no scores (a mean over nothing would be NaN).
     """
     if not scores:
         raise ValueError("no images were evaluated")
-    clusters: dict[str, list[ImageScore]] = {}
+    return {
+        **summarize_group(scores),
+        "per_cluster": _per(scores, "cluster"),
+        "per_domain": _per(scores, "domain"),
+    }
+
+
+def _per(scores: Sequence[ImageScore], field: str) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[ImageScore]] = {}
     for score in scores:
-        clusters.setdefault(score.cluster, []).append(score)
-    per_cluster = {name: summarize_group(clusters[name]) for name in sorted(clusters)}
-    return {**summarize_group(scores), "per_cluster": per_cluster}
+        groups.setdefault(getattr(score, field), []).append(score)
+    return {name: summarize_group(groups[name]) for name in sorted(groups)}

@@ -117,6 +117,22 @@ class ExampleKeeper:
         return [entry[2] for entry in sorted(self._best, reverse=True)]
 
 
+class ExamplesByDomain:
+    """An `ExampleKeeper` per domain, so real photos show among the worst and best even when the
+    synthetic catalogue outnumbers them."""
+
+    def __init__(self, count: int = 6):
+        self.count = count
+        self.keepers: dict[str, ExampleKeeper] = {}
+
+    def offer(self, score: ImageScore, build: Callable[[], Example]) -> None:
+        self.keepers.setdefault(score.domain, ExampleKeeper(self.count)).offer(score, build)
+
+    def sections(self) -> list[tuple[str, list[Example], list[Example]]]:
+        """(domain, worst, best) per domain, by domain name."""
+        return [(domain, keeper.worst(), keeper.best()) for domain, keeper in sorted(self.keepers.items())]
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -132,13 +148,13 @@ def _figures_html(summary: dict) -> str:
     return f"<table class='figures'><tr>{header}</tr><tr>{cells}</tr></table>"
 
 
-def _cluster_table_html(per_cluster: dict[str, dict]) -> str:
-    header = "<th>cluster</th>" + "".join(f"<th>{_FIGURES[name]}</th>" for name in _CLUSTER_COLUMNS)
+def _group_table_html(label: str, groups: dict[str, dict]) -> str:
+    header = f"<th>{label}</th>" + "".join(f"<th>{_FIGURES[name]}</th>" for name in _CLUSTER_COLUMNS)
     rows = [
-        f"<tr><th>{html.escape(cluster)}</th>"
+        f"<tr><th>{html.escape(group)}</th>"
         + "".join(f"<td>{_format(name, figures[name])}</td>" for name in _CLUSTER_COLUMNS)
         + "</tr>"
-        for cluster, figures in per_cluster.items()
+        for group, figures in groups.items()
     ]
     return f"<table class='figures'><tr>{header}</tr>{''.join(rows)}</table>"
 
@@ -186,8 +202,7 @@ def write_report(
     out: str,
     summary: dict,
     scores: Sequence[ImageScore],
-    worst: Sequence[Example],
-    best: Sequence[Example],
+    sections: Sequence[tuple[str, Sequence[Example], Sequence[Example]]],
     subtitle: str = "",
 ) -> str:
     """Write `metrics.json`, `per_image.jsonl`, the histogram and `index.html`; return the page's URI.
@@ -196,8 +211,8 @@ def write_report(
         out: the report folder or `s3://` prefix.
         summary: `metrics.summarize(scores)`.
         scores: every pair's scores.
-        worst: examples to show, lowest IoU first (`ExampleKeeper.worst`).
-        best: examples to show, highest IoU first.
+        sections: (domain, worst examples lowest IoU first, best highest first) per domain
+            (`ExamplesByDomain.sections`).
         subtitle: a line under the title (which model, on which data).
     """
     storage.write_text(storage.join(out, "metrics.json"), json.dumps(summary, indent=2) + "\n")
@@ -208,14 +223,20 @@ def write_report(
         f"<!doctype html><meta charset='utf-8'><title>cutout evaluation</title><style>{_STYLE}</style>",
         f"<h1>cutout evaluation</h1><p>{html.escape(subtitle)}</p>",
         _figures_html(summary),
+        "<h2>Per domain</h2><p>real photographs and the synthetic catalogue, scored apart</p>",
+        _group_table_html("domain", summary["per_domain"]),
         "<h2>Per cluster</h2>",
-        _cluster_table_html(summary["per_cluster"]),
+        _group_table_html("cluster", summary["per_cluster"]),
         "<h2>IoU per image</h2><img class='plot' src='iou_histogram.png' alt='IoU histogram'>",
-        "<h2>Worst examples</h2><p>errors: red = background taken for product, blue = product lost</p>",
-        _examples_html(out, "worst", worst),
-        "<h2>Best examples</h2>",
-        _examples_html(out, "best", best),
+        "<p>errors in the examples: red = background taken for product, blue = product lost</p>",
     ]
+    for domain, worst, best in sections:
+        page += [
+            f"<h2>Worst examples: {html.escape(domain)}</h2>",
+            _examples_html(out, f"{domain}-worst", worst),
+            f"<h2>Best examples: {html.escape(domain)}</h2>",
+            _examples_html(out, f"{domain}-best", best),
+        ]
     uri = storage.join(out, "index.html")
     storage.write_text(uri, "\n".join(page))
     return uri

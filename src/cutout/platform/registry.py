@@ -262,12 +262,21 @@ def promote(
     if rescore is not None and champion is not None and holdouts_differ(candidate, champion):
         champion_score = rescore(f"models:/{name}/{champion.version}")
     decision = decide(candidate, champion, metric, margin, champion_score)
-    if decision.promoted:
-        client.set_registered_model_alias(name, alias, decision.version)
-    for key, value in asdict(decision).items():
-        if key not in ("name", "version"):
-            client.set_model_version_tag(name, decision.version, f"promotion.{key}", str(value))
+    details = {key: value for key, value in asdict(decision).items() if key not in ("name", "version")}
+    record_promotion(name, decision.version, decision.promoted, details, alias)
     return decision
+
+
+def record_promotion(
+    name: str, version: str, promoted: bool, details: Mapping[str, object], alias: str = CHAMPION
+) -> None:
+    """Move `alias` to the version when promoted, and write the decision's `details` on it as
+    ``promotion.<key>`` tags, whichever way it went (the reason is what people read in the registry)."""
+    client = _client()
+    if promoted:
+        client.set_registered_model_alias(name, alias, str(version))
+    for key, value in {"promoted": promoted, **details}.items():
+        client.set_model_version_tag(name, str(version), f"promotion.{key}", str(value))
 
 
 def pin_alias(uri: str) -> str | None:

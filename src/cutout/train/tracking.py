@@ -14,8 +14,8 @@ from pathlib import Path
 from cutout.platform import storage
 from cutout.train.distributed import Workers
 
-PARAMS = ("data", "val_data", "model", "pretrained", "epochs", "batch_size", "lr", "warmup_epochs",
-          "input_size", "crop", "seed", "workers")  # fmt: skip
+PARAMS = ("data", "extra_data", "val_data", "extra_val_data", "model", "pretrained", "batch_norm", "epochs",
+          "batch_size", "lr", "warmup_epochs", "input_size", "crop", "seed", "workers")  # fmt: skip
 
 
 class TrainingTracker:
@@ -69,10 +69,13 @@ class TrainingTracker:
         """One epoch's metrics, at step = epoch."""
         if self.writer is None:
             return
+        domains = "".join(f"  {name.removeprefix('val_iou_')} {value:.4f}"
+                          for name, value in metrics.items() if name.startswith("val_iou_"))  # fmt: skip
         print(f"epoch {metrics['epoch']:3d}  train loss {metrics['train_loss']:.4f}  "
-              f"val loss {metrics['val_loss']:.4f}  val IoU {metrics['val_iou']:.4f}  lr {metrics['lr']:.2e}",
-              flush=True)  # fmt: skip
-        values = {name: metrics[name] for name in ("train_loss", "val_loss", "val_iou", "lr")}
+              f"val loss {metrics['val_loss']:.4f}  val IoU {metrics['val_iou']:.4f}{domains}  "
+              f"lr {metrics['lr']:.2e}", flush=True)  # fmt: skip
+        per_domain = [name for name in metrics if name.startswith("val_iou_")]
+        values = {name: metrics[name] for name in ("train_loss", "val_loss", "val_iou", "lr", *per_domain)}
         for name, value in values.items():
             self.writer.add_scalar(name, value, metrics["epoch"])
         self.writer.flush()

@@ -19,18 +19,22 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from cutout.data.dataset import PairDataset
 from cutout.data.transforms import eval_transform, train_transform
 from cutout.model import build_model, load_weights
+from cutout.model.builtin import is_builtin
 from cutout.model.loader import REGISTRY_SCHEME
+from cutout.train import batchnorm, distributed
 from cutout.train import checkpoint as ckpt
-from cutout.train import distributed
 from cutout.train.engine import evaluate, train_one_epoch
 from cutout.train.tracking import TrainingTracker
+
+REESTIMATE_BATCHES = 25  # batches whose statistics re-estimated batch norms start from
 
 
 @dataclass
@@ -41,33 +45,58 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_loaders: dict[str, DataLoader]  # by domain ("real", "synthetic", ...): metrics per domain
     device: torch.device
     autocast_dtype: torch.dtype | None
 
 
-def get_dataset(args: argparse.Namespace, train: bool) -> PairDataset:
-    """The train or validation pairs: the `split` field of `--data`, or `--val-data` for validation."""
+def get_dataset(args: argparse.Namespace, train: bool) -> Dataset:
+    """The train or validation pairs: the `split` field of `--data`, or `--val-data` for validation.
+
+    Training also takes every pair of each `--extra-data` dataset (real photos beside the synthetic
+    catalogue, say): one epoch goes over all of them.
+    """
     if train:
         transform = train_transform(args.input_size, args.crop)
-        return PairDataset(args.data, transform, split=None if args.val_data else "train")
+        main = PairDataset(args.data, transform, split=None if args.val_data else "train")
+        extra = [PairDataset(uri, transform) for uri in args.extra_data]
+        return ConcatDataset([main, *extra]) if extra else main
     transform = eval_transform(args.input_size)
     return (
         PairDataset(args.val_data, transform) if args.val_data else PairDataset(args.data, transform, "val")
     )
 
 
+def get_validation_sets(args: argparse.Namespace) -> dict[str, PairDataset]:
+    """The validation pairs grouped by their records' `domain`, `--extra-val-data` included.
+
+    Real photos and the synthetic catalogue are scored apart: a model can gain on one and lose on the
+    other, and the average of both would hide it.
+    """
+    sets: list[PairDataset] = [get_dataset(args, train=False)]
+    sets += [PairDataset(uri, eval_transform(args.input_size)) for uri in args.extra_val_data]
+    by_domain: dict[str, list[PairDataset]] = {}
+    for dataset in sets:
+        for domain in dataset.domains():
+            by_domain.setdefault(domain, []).append(dataset.only_domain(domain))
+    return {domain: ConcatDataset(parts) for domain, parts in sorted(by_domain.items())}
+
+
 def get_loaders(args: argparse.Namespace, workers: distributed.Workers, device: torch.device):
-    """Sharded loaders: DataLoader workers and pinned memory keep a GPU fed."""
-    train_set, val_set = get_dataset(args, train=True), get_dataset(args, train=False)
+    """Sharded loaders, validation by domain: DataLoader workers and pinned memory keep a GPU fed."""
+    train_set = get_dataset(args, train=True)
     sampler = distributed.train_sampler(train_set, workers, args.seed)
     options = {"num_workers": args.loader_workers, "pin_memory": device.type == "cuda",
                "persistent_workers": args.loader_workers > 0}  # fmt: skip
     train_loader = DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **options
     )
-    val_shard = distributed.validation_shard(val_set, workers)
-    return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **options)
+    val_loaders = {
+        domain: DataLoader(distributed.validation_shard(val_set, workers), batch_size=args.batch_size,
+                           **options)
+        for domain, val_set in get_validation_sets(args).items()
+    }  # fmt: skip
+    return train_loader, val_loaders
 
 
 def get_optimizer(model: torch.nn.Module, args: argparse.Namespace, workers: distributed.Workers):
@@ -89,18 +118,23 @@ def get_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def pin_pretrained(uri: str | None, tracking_uri: str | None = None, announce: bool = True) -> str | None:
+def pin_pretrained(
+    uri: str | None, tracking_uri: str | None = None, announce: bool = True, variant: str = "u2netp"
+) -> str | None:
     """`--pretrained` with a registry alias pinned to the version that holds it now.
 
     `models:/cutout@champion` becomes `models:/cutout/<version>`, so the run's `pretrained` parameter says
     which weights it started from. An alias that names no version yet (a first scheduled run on an empty
-    registry) gives None: training starts from scratch, and says so loudly where `announce` (rank 0).
-    Other values are returned as they are.
+    registry) falls back to the variant's built-in pretrained weights (`u2netp`), or to training from
+    scratch where there are none (`u2net`), and says so loudly where `announce` (rank 0). Other values
+    are returned as they are.
 
     Args:
-        uri: What `--pretrained` says: a file, an `s3://` URI, `models:/NAME@ALIAS` or `models:/NAME/VERSION`.
+        uri: What `--pretrained` says: a built-in name, a file, an `s3://` URI, `models:/NAME@ALIAS` or
+            `models:/NAME/VERSION`.
         tracking_uri: `--tracking-uri`; by default the MLflow settings of the environment.
-        announce: Print the note when falling back to training from scratch.
+        announce: Print the note when falling back.
+        variant: The model being trained (`--model`).
     """
     if not uri or not uri.startswith(REGISTRY_SCHEME):
         return uri or None
@@ -108,12 +142,16 @@ def pin_pretrained(uri: str | None, tracking_uri: str | None = None, announce: b
 
     _use_tracking_uri(tracking_uri)
     pinned = pin_alias(uri)
-    if pinned is None and announce:
-        name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
-        rule = "!" * 100
-        print(f"{rule}\n!! --pretrained {uri}: the registry has no {name!r} version with the alias "
-              f"{alias!r} yet.\n!! Training FROM SCRATCH instead (expected on the first run against "
-              f"an empty registry).\n{rule}", flush=True)  # fmt: skip
+    if pinned is None:
+        fallback = variant if is_builtin(variant) else None
+        if announce:
+            name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
+            instead = f"from the built-in pretrained {fallback!r}" if fallback else "FROM SCRATCH"
+            rule = "!" * 100
+            print(f"{rule}\n!! --pretrained {uri}: the registry has no {name!r} version with the alias "
+                  f"{alias!r} yet.\n!! Training {instead} instead (expected on the first run against an "
+                  f"empty registry).\n{rule}", flush=True)  # fmt: skip
+        return fallback
     return pinned
 
 
@@ -160,6 +198,17 @@ def get_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module
     # Weights stay contiguous: Horovod allreduces gradients in place and refuses channels_last tensors.
     # The inputs are channels_last (engine.py), which is enough for convolutions to pick NHWC kernels.
     return model.to(device)
+
+
+def prepare_batch_norms(model: torch.nn.Module, mode: str, loader: DataLoader, device: torch.device) -> str:
+    """Freeze or re-estimate the batch norms as `--batch-norm` asks (see `batchnorm`); the mode used."""
+    mode = batchnorm.resolve_mode(model, mode)
+    if mode == "frozen":
+        batchnorm.freeze_batch_norms(model)
+    elif mode == "reestimate":
+        batches = islice(loader, REESTIMATE_BATCHES)
+        batchnorm.reestimate_batch_norms(model, (images.to(device) for images, _ in batches))
+    return mode
 
 
 def pick_device(requested: str, workers: distributed.Workers) -> torch.device:
@@ -220,19 +269,27 @@ def progress_printer(epoch: int, epochs: int, loader: DataLoader, reports: int =
 
 
 def run_epoch(training: Training, epoch: int, workers: distributed.Workers, epochs: int) -> dict:
-    """Train one epoch, validate, and average the metrics over all workers."""
+    """Train one epoch, validate on each domain, and average the metrics over all workers.
+
+    `val_loss` and `val_iou` are over all validation pairs; `val_iou_<domain>` per domain.
+    """
     training.train_loader.sampler.set_epoch(epoch)
     progress = progress_printer(epoch, epochs, training.train_loader) if workers.is_root else None
     train_loss = train_one_epoch(training.model, training.train_loader, training.optimizer, training.device,
                                  training.autocast_dtype, training.scheduler, progress)  # fmt: skip
     distributed.average_buffers(training.model)
-    sums = evaluate(training.model, training.val_loader, training.device)
-    sums["train_loss_sum"] = train_loss
+    sums = {"train_loss_sum": train_loss}
+    for domain, loader in training.val_loaders.items():
+        scores = evaluate(training.model, loader, training.device)
+        sums |= {f"{domain}/{name}": value for name, value in scores.items()}
     total = distributed.sum_across_workers(sums)
-    count = max(total["count"], 1.0)
-    return {"epoch": epoch, "train_loss": total["train_loss_sum"] / workers.size,
-            "val_loss": total["loss_sum"] / count, "val_iou": total["iou_sum"] / count,
-            "lr": training.scheduler.get_last_lr()[0]}  # fmt: skip
+    domains = training.val_loaders
+    count = max(sum(total[f"{d}/count"] for d in domains), 1.0)
+    metrics = {"epoch": epoch, "train_loss": total["train_loss_sum"] / workers.size,
+               "val_loss": sum(total[f"{d}/loss_sum"] for d in domains) / count,
+               "val_iou": sum(total[f"{d}/iou_sum"] for d in domains) / count,
+               "lr": training.scheduler.get_last_lr()[0]}  # fmt: skip
+    return metrics | {f"val_iou_{d}": total[f"{d}/iou_sum"] / max(total[f"{d}/count"], 1.0) for d in domains}
 
 
 def save_epoch(training: Training, args: argparse.Namespace, epoch: int, history: list[dict],
@@ -257,12 +314,13 @@ def train(args: argparse.Namespace) -> tuple[Training, list[dict]]:
     torch.manual_seed(args.seed + workers.rank)  # each worker augments differently, repeatably
     device = pick_device(args.device, workers)
     # Every worker pins the alias itself; rank 0's weights win anyway (broadcast_state below).
-    args.pretrained = pin_pretrained(args.pretrained, args.tracking_uri, announce=workers.is_root)
+    args.pretrained = pin_pretrained(args.pretrained, args.tracking_uri, workers.is_root, args.model)
     model = get_model(args, device)
-    train_loader, val_loader = get_loaders(args, workers, device)
+    train_loader, val_loaders = get_loaders(args, workers, device)
+    args.batch_norm = prepare_batch_norms(model, args.batch_norm, train_loader, device)
     optimizer = get_optimizer(model, args, workers)
     training = Training(model, optimizer, get_scheduler(optimizer, args, len(train_loader)), train_loader,
-                        val_loader, device, autocast_dtype_for(device, args.precision))  # fmt: skip
+                        val_loaders, device, autocast_dtype_for(device, args.precision))  # fmt: skip
     first_epoch, history, run_id = resume(training, args, workers)
     distributed.broadcast_state(model, optimizer)
     tracker = TrainingTracker.for_rank(workers, args, run_id)
@@ -280,10 +338,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("data", help="prepared dataset (folder or s3://) with a train/val `split` field")
     parser.add_argument("--val-data", help="a separate validation dataset (instead of the `val` split)")
+    parser.add_argument("--extra-data", action="append", default=[], metavar="DATA",
+                        help="also train on every pair of this dataset (repeatable), e.g. real photos "
+                        "beside the synthetic catalogue")  # fmt: skip
+    parser.add_argument("--extra-val-data", action="append", default=[], metavar="DATA",
+                        help="also validate on this dataset (repeatable), e.g. real photos beside a "
+                        "synthetic split; metrics per `domain` of the records")  # fmt: skip
     parser.add_argument("--model", choices=["u2net", "u2netp"], default="u2net")
-    parser.add_argument("--pretrained", help="fine-tune from: official .pth, a cutout checkpoint (local or "
-                        "s3://), or models:/cutout@champion (no such version yet: from scratch, with a note)",
+    parser.add_argument("--pretrained", help="fine-tune from: a built-in model (u2netp), an official .pth "
+                        "or .onnx, a cutout checkpoint (local or s3://), or models:/cutout@champion (no "
+                        "such version yet: the built-in u2netp, or from scratch for u2net, with a note)",
                         )  # fmt: skip
+    parser.add_argument("--batch-norm", default="auto", choices=batchnorm.BATCH_NORM_MODES,
+                        help="frozen, reestimate or train; auto: frozen for folded pretrained weights "
+                        "(the built-in u2netp), train otherwise (see cutout.train.batchnorm)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=10, help="per worker (10 × workers in all)")
     parser.add_argument("--lr", type=float, default=1e-3, help="per worker; scaled by the number of workers")
