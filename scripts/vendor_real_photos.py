@@ -3,7 +3,7 @@
 Used once to make `src/cutout/data/ccp/` from the Clothing Co-Parsing photos (Apache-2.0); rerun it
 to make the same subset again or one of another size:
 
-    python scripts/vendor_real_photos.py SOURCE src/cutout/data/ccp --count 200 --height 400
+    python scripts/vendor_real_photos.py SOURCE src/cutout/data/ccp --count 200 --height 400 [--rest DIR]
 
 SOURCE holds `images/<id>.jpg`, `masks/<id>.png` (0/255), `README.md` and `LICENSE`. The subset is the
 `count` photos whose ids come first in SHA-1 order (a fixed, content-independent draw), downscaled to
@@ -70,15 +70,37 @@ def vendor(source: Path, out: Path, count: int, height: int) -> int:
     return len(records)
 
 
+def write_rest(source: Path, out: Path, shipped: list[str]) -> int:
+    """Copy the pairs that are not in the shipped subset, unchanged, as a raw dataset marked `real`.
+
+    They are what `u2netp-fashion` trains on (its model card); the shipped subset stays unseen.
+    """
+    for folder in ("images", "masks"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    records = []
+    for image_path in sorted((source / "images").glob("*.jpg")):
+        if image_path.stem in shipped:
+            continue
+        shutil.copyfile(image_path, out / "images" / image_path.name)
+        shutil.copyfile(source / "masks" / f"{image_path.stem}.png", out / "masks" / f"{image_path.stem}.png")
+        records.append({"id": image_path.stem, "domain": "real", "source": "ccp"})
+    (out / "manifest.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return len(records)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--height", type=int, default=400)
+    parser.add_argument("--rest", type=Path, help="also copy every other pair here (a training set)")
     args = parser.parse_args()
     written = vendor(args.source, args.out, args.count, args.height)
     print(f"{written} pairs written to {args.out}")
+    if args.rest:
+        rest = write_rest(args.source, args.rest, pick_ids(args.source, args.count))
+        print(f"{rest} other pairs written to {args.rest}")
 
 
 if __name__ == "__main__":

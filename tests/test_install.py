@@ -31,3 +31,25 @@ def test_cutout_command_has_help_everywhere():
     for args in ([], ["remove"], ["export"], ["export", "onnx"]):
         result = subprocess.run([BIN / "cutout", *args, "--help"], capture_output=True, text=True, check=True)
         assert "Usage" in result.stdout
+
+
+def test_the_set_up_fetches_the_official_weights_and_replaces_a_damaged_copy(tmp_path):
+    import hashlib
+    import os
+
+    from cutout.model.builtin import BUILTIN_MODELS
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fetch-weights.sh"
+    environment = {**os.environ, "CUTOUT_WEIGHTS_CACHE": str(tmp_path)}
+    fetched = tmp_path / "u2netp.onnx"
+
+    def fetch() -> subprocess.CompletedProcess:
+        return subprocess.run([script, sys.executable], capture_output=True, text=True, env=environment)
+
+    first = fetch()
+    assert first.returncode == 0, first.stderr
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == BUILTIN_MODELS["u2netp"].sha256
+    assert fetch().stdout == ""  # already there and intact: nothing to do
+    fetched.write_bytes(b"damaged")
+    assert "Fetching" in fetch().stdout
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == BUILTIN_MODELS["u2netp"].sha256
