@@ -266,6 +266,9 @@ def test_register_and_promote_makes_the_first_version_champion_with_a_threshold(
     champion = client.get_model_version_by_alias("cutout", "champion")
     assert str(champion.version) == "1" and champion.run_id == trained.metadata["run_id"]
     assert "routing_threshold" in champion.tags and "holdout" in champion.tags
+    # The threshold chosen on the synthetic split, checked on the real photos cutout ships.
+    assert champion.tags["routing_on_real"].startswith("threshold ")
+    assert "of 200 real photos" in champion.tags["routing_on_real"]
 
 
 @pytest.mark.slow

@@ -311,6 +311,8 @@ def register_and_promote(
 
         threshold = calibrate_threshold(model_uri, holdout, "val", calibration_out).choice.threshold
         set_routing_threshold(model_uri, threshold)
+        if real_holdout:
+            check_routing_on_real_photos(model_uri, threshold, real_holdout, f"{calibration_out}-real")
     holdouts = [(holdout, "val")] + ([(real_holdout, None)] if real_holdout else [])
     decision = gate_against_champion(MODEL_NAME, version, holdouts, margin)
     print(f"{MODEL_NAME} version {version}: {'promoted' if decision['promoted'] else 'not promoted'}: "
@@ -327,6 +329,22 @@ def real_holdout(uri: str) -> str | None:
 
         return str(REAL_PHOTOS)
     return uri
+
+
+def check_routing_on_real_photos(model_uri: str, threshold: float, real_holdout: str, out: str) -> str:
+    """What the routing threshold chosen on the `val` split does on real photos: the share it routes and
+    the share of bad masks it catches, written on the version (`routing_on_real`) and its report to `out`."""
+    from cutout.evaluate.calibration import BAD_IOU, calibrate_threshold, routing_rates
+    from cutout.platform.registry import set_version_tag
+
+    real = calibrate_threshold(model_uri, real_holdout, None, out)
+    routed, caught = routing_rates([i.score for i in real.images], [i.iou for i in real.images], threshold)
+    caught_text = "no mask" if caught is None else f"{caught:.1%} of the masks"
+    summary = (f"threshold {threshold:.4f} routes {routed:.1%} of {real.count} real photos and catches "
+               f"{caught_text} with IoU < {BAD_IOU} ({real.bad_share:.1%} of them)")  # fmt: skip
+    print(f"{model_uri} on real photos: {summary}", flush=True)
+    set_version_tag(model_uri, "routing_on_real", summary)
+    return summary
 
 
 Holdouts = list[tuple[str, str | None]]  # (dataset, split): the photos the gate compares models on

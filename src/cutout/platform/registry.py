@@ -327,6 +327,18 @@ def resolve_model_uri(uri: str, prefer: str = CHECKPOINT, dst: str | Path | None
     return Path(ModelsArtifactRepository(uri).download_artifacts(files[prefer]["path"], dst_path=folder))
 
 
+def set_version_tag(uri: str, key: str, value: str) -> tuple[str, str]:
+    """Write one tag on the model version a ``models:/NAME/VERSION`` (or ``@ALIAS``) URI names."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = _client()
+    found = get_model_name_and_version(client, uri)
+    if len(found) != 2:
+        raise ValueError(f"{uri} names no registered model version: use models:/NAME/VERSION or NAME@ALIAS")
+    client.set_model_version_tag(*found, key, value)
+    return found
+
+
 def set_routing_threshold(uri: str, threshold: float) -> tuple[str, str]:
     """Store the routing threshold on the model version a URI names, as its `routing_threshold` tag.
 
@@ -341,16 +353,9 @@ def set_routing_threshold(uri: str, threshold: float) -> tuple[str, str]:
         ValueError: for a threshold that is not finite, or a URI naming no registered version.
         MlflowException: for a URI that is not ``models:/…``, or a model, version or alias that is missing.
     """
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
     if not math.isfinite(threshold):
         raise ValueError(f"a routing threshold is a finite number, got {threshold}")
-    client = _client()
-    found = get_model_name_and_version(client, uri)
-    if len(found) != 2:
-        raise ValueError(f"{uri} names no registered model version: use models:/NAME/VERSION or NAME@ALIAS")
-    client.set_model_version_tag(*found, ROUTING_THRESHOLD_TAG, repr(float(threshold)))
-    return found
+    return set_version_tag(uri, ROUTING_THRESHOLD_TAG, repr(float(threshold)))
 
 
 def routing_threshold(uri: str) -> float | None:
