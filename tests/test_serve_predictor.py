@@ -550,6 +550,22 @@ def test_both_runtimes_give_the_same_cutout(u2netp_checkpoint: Path, tmp_path: P
         BackgroundRemover(MODEL, str(u2netp_checkpoint), "onnx").load()
 
 
+def test_the_builtin_official_model_serves_in_both_runtimes() -> None:
+    """`--model-uri u2netp`: ONNX Runtime by default, PyTorch on request; the version names its hash."""
+    from cutout.data.real import REAL_PHOTOS
+
+    photo = Photo(Image.open(next((REAL_PHOTOS / "images").glob("*.jpg"))).convert("RGB"),
+                  CutoutOptions(output="mask"))  # fmt: skip
+    default, in_torch = BackgroundRemover(MODEL, "u2netp"), BackgroundRemover(MODEL, "u2netp", "torch")
+    masks = []
+    for remover in (default, in_torch):
+        assert remover.load() and remover.model_version.startswith("u2netp-309c8469258d")
+        masks.append(np.asarray(Image.open(io.BytesIO(remover.cut_out([photo])[0].mask_png)), np.float32))
+    assert default.predictor.description == "onnxruntime (u2netp.onnx)"
+    assert in_torch.predictor.description.startswith("torch")
+    assert np.abs(masks[0] - masks[1]).max() <= 1.0  # the same weights: at most a grey level apart
+
+
 def test_servers_bound_the_allocator_on_glibc() -> None:
     """glibc accepts both settings (mallopt answers 0 to a parameter it does not know)."""
     assert bound_allocator_growth() == (platform.libc_ver()[0] == "glibc")
