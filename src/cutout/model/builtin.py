@@ -37,6 +37,12 @@ BUILTIN_MODELS = {
             "u2netp", "u2netp.onnx", "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
             packaged=False, summary="the official pretrained U²-NetP (rembg's export, MIT)",
         ),
+        BuiltinModel(
+            "u2netp-fashion", "u2netp-fashion.onnx",
+            "9addcc778051d43a0a61d04ccf1558f29233ffd776d38f239be470553799e653", packaged=True,
+            summary="u2netp fine-tuned on real street-fashion photos and the synthetic catalogue "
+            "(docs/models/u2netp-fashion.md)",
+        ),
     )
 }  # fmt: skip
 DEFAULT_MODEL = "u2netp"
