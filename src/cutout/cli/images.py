@@ -47,8 +47,11 @@ def remove(
         summary = remove_backgrounds(photos, out, predictor, options, on_done=lambda _: advance())
     failures = missing + summary.failures
     print_failures(failures)
+    # One whole line whatever the terminal's width: scripts parse it, and the path must stay readable.
     console.print(
-        f"{len(summary.written)} written to {out}, {len(failures)} failed ({predictor.description})"
+        f"{len(summary.written)} written to {out}, {len(failures)} failed ({predictor.description})",
+        soft_wrap=True,
+        highlight=False,
     )
     if failures:
         raise typer.Exit(code=1)
