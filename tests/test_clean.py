@@ -288,6 +288,30 @@ def test_a_true_mask_on_a_busy_backdrop_is_kept_when_a_person_checked_it(tmp_pat
     assert summary.per_reason == {"content_mismatch": 1}
 
 
+def test_real_photos_keep_true_masks_on_street_backdrops_and_still_refuse_another_photos_mask(
+    tmp_path: Path,
+) -> None:
+    """Street backdrops drown a true outline's edges (ccp_0010: edge contrast 1.65, under the studio
+    threshold of 2.0): marked `domain: real`, its true mask is kept, and another photo's mask is not."""
+    from cutout.data.real import REAL_PHOTOS
+
+    src = tmp_path / "raw"
+    pairs = {"true": ("ccp_0010", "ccp_0010"), "swapped": ("ccp_0010", "ccp_0194")}
+    for name, (photo, mask) in pairs.items():
+        storage.write_bytes(
+            str(src / "images" / f"{name}.jpg"), (REAL_PHOTOS / "images" / f"{photo}.jpg").read_bytes()
+        )
+        storage.write_bytes(
+            str(src / "masks" / f"{name}.png"), (REAL_PHOTOS / "masks" / f"{mask}.png").read_bytes()
+        )
+    for domain, kept in (("real", {"true"}), (None, set())):
+        manifest = "".join(json.dumps({"id": name, "domain": domain}) + "\n" for name in pairs)
+        (src / "manifest.jsonl").write_text(manifest)
+        summary = clean_dataset(str(src), str(tmp_path / f"clean-{domain}"))
+        assert {record["id"] for record in read_manifest(str(tmp_path / f"clean-{domain}"))} == kept
+        assert summary.per_reason == {"content_mismatch": 2 - len(kept)}
+
+
 def test_perceptual_hash_matches_copies_not_other_photos() -> None:
     photos = [generate_pair(index, (320, 480), seed=8)[0] for index in range(6)]
     hashes = [perceptual_hash(photo) for photo in photos]

@@ -246,18 +246,17 @@ def _mask_problem(pair: _RawPair, photo: Image.Image, mask: np.ndarray) -> _Reje
     mask paired with the wrong photo, which the reviewer has ruled out, and it also drops true masks on
     busy backdrops (whose edges drown the outline's), the very photos reviews are most often about.
     """
-    pair_id = pair.id
     coverage = float(mask.mean())
     if coverage < EMPTY_MASK_FRACTION:
-        return _Reject(pair_id, "empty_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
+        return _Reject(pair.id, "empty_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
     if coverage > 1 - EMPTY_MASK_FRACTION:
-        return _Reject(pair_id, "full_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
+        return _Reject(pair.id, "full_mask", f"foreground covers {coverage:.2%} of the frame", "mask")
     if pair.person_checked:
         return None
     contrast = edge_contrast(photo, mask)
     if contrast < content_mismatch_threshold(pair.domain):
         message = f"the mask's outline does not follow the photo's edges (edge contrast {contrast:.2f})"
-        return _Reject(pair_id, "content_mismatch", message, "pair")
+        return _Reject(pair.id, "content_mismatch", message, "pair")
     return None
 
 
