@@ -77,3 +77,23 @@ def test_int8_calibration_folder_without_photos_is_an_error(u2netp_weights, tmp_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "no readable photos" in result.output
+
+
+def test_export_takes_a_registered_model(u2netp_checkpoint, mlflow_local, tmp_path):
+    """`cutout export onnx --model models:/cutout@champion`: every model reference, not only files."""
+    from cutout.platform import registry
+    from cutout.platform.tracking import configure_tracking, start_run
+
+    configure_tracking()
+    with start_run(run_name="export") as run:
+        registry.log_model(str(u2netp_checkpoint), onnx=False)
+    registry.promote("cutout", registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9}))
+    out = tmp_path / "champion.onnx"
+
+    result = CliRunner().invoke(app, ["export", "onnx", "--model", "models:/cutout@champion", "-o", str(out)])
+
+    assert result.exit_code == 0, result.output
+    exported, original = OnnxPredictor(out), TorchPredictor(load_weights(u2netp_checkpoint), input_size=160)
+    batch = preprocess(product_photo(120, 160, seed=4), 160)[np.newaxis]
+    assert exported.input_size == 160  # the checkpoint's size travelled through the registry
+    np.testing.assert_allclose(exported.predict(batch), original.predict(batch), atol=1e-4)

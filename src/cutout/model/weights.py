@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from cutout.model.builtin import builtin_model_path, is_builtin
 from cutout.model.folded import load_folded_onnx, onnx_input_size
+from cutout.model.loader import REGISTRY_SCHEME
 from cutout.model.u2net import U2Net, u2net, u2netp
 from cutout.platform import storage
 
@@ -69,7 +71,8 @@ def load_model(uri: str | Path, variant: str | None = None) -> tuple[U2Net, dict
     """Build the right variant and load official weights or a cutout checkpoint into it, strictly.
 
     Args:
-        uri: a built-in model name (`u2netp`); a local path or `s3://` URI of an official
+        uri: a built-in model name (`u2netp`); a registered model (`models:/cutout@champion`, its
+            checkpoint); a local path or `s3://` URI of an official
             `u2net.pth`/`u2netp.pth`, a cutout checkpoint, or an fp32 `.onnx` export (rembg's or ours,
             batch norm folded: loaded as identity, see `cutout.model.folded`).
         variant: the expected variant; detected from the weights when left out.
@@ -77,6 +80,12 @@ def load_model(uri: str | Path, variant: str | None = None) -> tuple[U2Net, dict
     Returns:
         The model in eval mode on the CPU, and the checkpoint's metadata (empty for official weights).
     """
+    if str(uri).startswith(REGISTRY_SCHEME):
+        from cutout.platform.registry import CHECKPOINT, resolve_model_uri
+
+        # The registered checkpoint is read whole, so its download can go once loaded.
+        with tempfile.TemporaryDirectory(prefix="cutout-model-") as folder:
+            return load_model(resolve_model_uri(str(uri), CHECKPOINT, folder), variant)
     if is_builtin(str(uri)) or str(uri).lower().endswith(".onnx"):
         model, detected, metadata = _load_onnx(str(uri))
     else:
