@@ -23,7 +23,7 @@ import numpy as np
 
 from cutout.compose import alpha_at_size
 from cutout.evaluate.confidence import mask_confidence
-from cutout.model.builtin import builtin_model_path, is_builtin
+from cutout.model.builtin import BUILTIN_MODELS, is_builtin
 from cutout.model.inference import MaskPredictor, minmax_normalise, preprocess
 from cutout.model.loader import REGISTRY_SCHEME, load_predictor
 from cutout.platform import storage
@@ -136,9 +136,8 @@ def resolve_model_version(uri: str) -> tuple[str, str]:
     Raises:
         ValueError: when no version holds the alias.
     """
-    if is_builtin(uri):
-        digest = hashlib.sha256(builtin_model_path(uri).read_bytes()).hexdigest()[:12]
-        return uri, f"{uri}-{digest}"
+    if is_builtin(uri):  # its hash is known, and checked when the file loads
+        return uri, f"{uri}-{BUILTIN_MODELS[uri].sha256[:12]}"
     if uri.startswith(REGISTRY_SCHEME):
         from cutout.platform.registry import pin_alias
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,9 +157,9 @@ def pin_pretrained(
 def load_pretrained(uri: str, variant: str, tracking_uri: str | None = None) -> torch.nn.Module:
     """Weights to fine-tune from: official `.pth`, our checkpoint (local or `s3://`), or a registered model.
 
-    A `models:/…` URI is downloaded from the MLflow registry (its checkpoint) into a temporary folder that
-    is removed once loaded; every Horovod worker does this on its own, with the environment's MLflow
-    settings (in the cluster: the `cutout-mlflow` Secret).
+    A `models:/…` URI is fetched from the MLflow registry (its checkpoint) by `load_weights`; every
+    Horovod worker does this on its own, with the environment's MLflow settings (in the cluster: the
+    `cutout-mlflow` Secret).
 
     Raises:
         ValueError: The registry has no such model version, or it holds no checkpoint.
@@ -169,17 +168,14 @@ def load_pretrained(uri: str, variant: str, tracking_uri: str | None = None) -> 
         return load_weights(uri, variant=variant)
     from mlflow.exceptions import MlflowException
 
-    from cutout.platform.registry import CHECKPOINT, resolve_model_uri
     from cutout.platform.tracking import current_tracking_uri
 
     _use_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="cutout-pretrained-") as folder:
-        try:
-            path = resolve_model_uri(uri, CHECKPOINT, folder)
-        except MlflowException as error:
-            raise ValueError(f"--pretrained {uri}: not found in the MLflow registry at "
-                             f"{current_tracking_uri()}: {error.message}") from None  # fmt: skip
-        return load_weights(path, variant=variant)
+    try:
+        return load_weights(uri, variant=variant)
+    except MlflowException as error:
+        raise ValueError(f"--pretrained {uri}: not found in the MLflow registry at "
+                         f"{current_tracking_uri()}: {error.message}") from None  # fmt: skip
 
 
 def _use_tracking_uri(tracking_uri: str | None) -> None:
