@@ -219,6 +219,25 @@ def test_without_balance_every_pair_gets_its_copies(synthetic: Path, tmp_path: P
     assert all(r["id"] == f"{r['augmented_from']}-aug{r['id'][-1]}" for r in records if "augmented_from" in r)
 
 
+def test_real_photos_are_never_composited(synthetic: Path, tmp_path: Path) -> None:
+    """A real photo's mask marks its subject only: no product is pasted into it, nor it into another."""
+    real = tmp_path / "mixed"
+    shutil.copytree(synthetic, real)
+    records = [json.loads(line) for line in (real / "manifest.jsonl").read_text().splitlines()]
+    real_ids = {r["id"] for r in records[::2]}
+    for record in records:
+        record["domain"] = "real" if record["id"] in real_ids else "synthetic"
+    (real / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    augment_dataset(str(real), str(tmp_path / "out"), copies=4, balance=False, seed=0)
+    variants = [r for r in read_manifest(str(tmp_path / "out")) if "augmented_from" in r]
+    composites = [r for r in variants if "composite" in r["augmentations"]]
+    assert composites, "some synthetic variants still composite"
+    assert not [r for r in composites if r["augmented_from"] in real_ids]
+    assert not [r for r in composites if r.get("partner") in real_ids]
+    assert [r for r in variants if r["augmented_from"] in real_ids]  # real photos still get variants
+
+
 def test_validation_pairs_pass_through_unchanged(synthetic: Path, augmented: Path) -> None:
     val = [r for r in read_manifest(str(synthetic)) if r["split"] == "val"]
     out = {r["id"]: r for r in read_manifest(str(augmented))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -105,6 +106,25 @@ def test_split_is_stratified_by_cluster(clustered: dict) -> None:
     assert assign_splits(["a"], ["shorts"], 0.1) == ["train"]
     assert assign_splits(["a", "b"], ["shorts"] * 2, 0.1).count("val") == 1
     assert assign_splits(["a", "b", "c"], ["shorts"] * 3, 0.0) == ["train"] * 3
+
+
+def test_auto_accepted_pairs_always_train(catalogue: Path, tmp_path: Path) -> None:
+    """Their masks are the serving model's own: in the val split they would score it perfect."""
+    ids = [f"p{i}" for i in range(20)]
+    everyone = assign_splits(ids, ["shorts"] * 20, 0.5)
+    auto = {pair for pair, split in zip(ids, everyone, strict=True) if split == "val"}
+    splits = assign_splits(ids, ["shorts"] * 20, 0.5, train_only=auto)
+    assert all(split == "train" for pair, split in zip(ids, splits, strict=True) if pair in auto)
+    assert splits.count("val") == round(0.5 * (20 - len(auto)))  # the others are split as before
+
+    records = [json.loads(line) for line in (catalogue / "manifest.jsonl").read_text().splitlines()]
+    for record in records:
+        record["source"] = "feedback-auto"
+    marked = tmp_path / "marked"
+    shutil.copytree(catalogue, marked)
+    (marked / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cluster_dataset(str(marked), str(tmp_path / "out"), val_fraction=0.2)
+    assert {r["split"] for r in _records(tmp_path / "out").values()} == {"train"}
 
 
 def test_input_unchanged_and_a_rerun_writes_the_same_bytes(

@@ -20,13 +20,20 @@ def data_synth(
     count: Annotated[int, typer.Option(min=0, help="Number of photo/mask pairs.")] = 600,
     size: Annotated[tuple[int, int], typer.Option(help="Width and height in pixels.")] = (320, 320),
     seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
+    backdrop: Annotated[
+        str, typer.Option(help="studio (the catalogue's plain sweep) or checks (a new, busy backdrop).")
+    ] = "studio",
+    domain: Annotated[
+        str, typer.Option(help="The records' domain: evaluation and the promotion gate score each apart.")
+    ] = "synthetic",
 ) -> None:
     """Synthesise studio product photos with exact masks, six product types (the embedded default)."""
     from cutout.data.synth import synthesize_dataset
 
-    summary = with_progress("synthesising", partial(synthesize_dataset, out, count, size, seed), count)
+    make = partial(synthesize_dataset, out, count, size, seed, backdrop=backdrop, domain=domain)
+    summary = with_progress("synthesising", make, count)
     per_type = ", ".join(f"{name} {n}" for name, n in summary.per_type.items())
-    console.print(f"wrote {summary.count} pairs to {out}: {per_type}")
+    console.print(f"wrote {summary.count} pairs to {out}: {per_type}", soft_wrap=True, highlight=False)
 
 
 @data_app.command("clean")

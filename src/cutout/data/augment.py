@@ -2,7 +2,8 @@
 
 Each training pair is written as it is, plus variants that are each a random mix of: a crop that keeps
 the whole product (resized back to the frame), a horizontal flip, another product pasted in (masks
-merged), a new background (solid colour, gradient, procedural texture or a photo) and a colour jitter.
+merged; never into or out of a real photograph, see `_composites`), a new background (solid colour,
+gradient, procedural texture or a photo) and a colour jitter.
 Geometric steps run through `torchvision.transforms.v2` on a `tv_tensors.Image` and a `tv_tensors.Mask`,
 so photo and mask move together and the mask is resampled nearest: it stays binary and aligned.
 
@@ -34,7 +35,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from cutout.data.io import ImageError, encode_image, mask_to_image, read_image, read_mask
-from cutout.data.manifest import DatasetWriter, read_manifest
+from cutout.data.manifest import REAL_DOMAIN, DatasetWriter, read_manifest, record_domain
 from cutout.data.parallel import ordered_map
 from cutout.platform import storage
 
@@ -112,18 +113,32 @@ def _is_train(record: dict) -> bool:
     return record.get("split", "train") == "train"
 
 
+def _composites(record: dict) -> bool:
+    """Whether a pair may take part in a composite, pasted in or pasted into: not a real photograph.
+
+    A real photo's mask marks its subject only, the passers-by behind are background; a product pasted
+    into it with the masks merged (or a real person pasted into a studio photo) teaches the opposite. One
+    epoch on such composites taught the official model to cut out whole crowds on street photos (mean IoU
+    on real photos 0.953 → 0.93).
+    """
+    return record_domain(record) != REAL_DOMAIN
+
+
 def _survey(src: str, seed: int) -> tuple[Counter, list[dict]]:
     """Training pairs per cluster, and a seeded reservoir sample of training pairs to paste in (never
-    validation ones: their products must not leak into training photos)."""
+    validation ones: their products must not leak into training photos; never real photos)."""
     counts: Counter = Counter()
     pool: list[dict] = []
-    rng = np.random.default_rng([seed, _POOL_STREAM])
+    rng, offered = np.random.default_rng([seed, _POOL_STREAM]), 0
     for record in filter(_is_train, read_manifest(src)):
         counts[_cluster(record)] += 1
+        if not _composites(record):
+            continue
+        offered += 1
         slim = {key: record[key] for key in ("id", "image", "mask")}
         if len(pool) < PARTNER_POOL_SIZE:
             pool.append(slim)
-        elif (slot := int(rng.integers(counts.total()))) < PARTNER_POOL_SIZE:
+        elif (slot := int(rng.integers(offered))) < PARTNER_POOL_SIZE:
             pool[slot] = slim
     return counts, pool
 
@@ -137,12 +152,15 @@ def _variant_count(plan: _Plan, cluster: str, position: int) -> int:
     return (position + 1) * extra // size - position * extra // size
 
 
-def _plan_variant(plan: _Plan, index: int, pair_id: str, number: int) -> _Variant:
+def _plan_variant(plan: _Plan, index: int, record: dict, number: int) -> _Variant:
     """Pick the partner and the photo a variant may use, here where the pool and photo list live."""
     rng = np.random.default_rng([plan.seed, index, number, _PLAN_STREAM])
-    partner = plan.pool[int(rng.integers(len(plan.pool)))]  # the pool is empty only with no training pairs
+    # Drawn even when unused, so that the photo drawn next stays the same.
+    partner = plan.pool[int(rng.integers(len(plan.pool)))] if plan.pool else None
     photo = plan.photos[int(rng.integers(len(plan.photos)))] if plan.photos else None
-    return _Variant(number, partner if partner["id"] != pair_id else None, photo)
+    if partner is None or partner["id"] == record["id"] or not _composites(record):
+        partner = None
+    return _Variant(number, partner, photo)
 
 
 def _tasks(src: str, plan: _Plan) -> Iterator[_Task]:
@@ -154,7 +172,7 @@ def _tasks(src: str, plan: _Plan) -> Iterator[_Task]:
         if _is_train(record):
             count = _variant_count(plan, cluster, position[cluster])
             position[cluster] += 1
-        variants = [_plan_variant(plan, index, record["id"], k) for k in range(1, count + 1)]
+        variants = [_plan_variant(plan, index, record, k) for k in range(1, count + 1)]
         starts = range(0, max(count, 1), VARIANTS_PER_TASK)
         for start in starts:
             chunk = tuple(variants[start : start + VARIANTS_PER_TASK])
@@ -320,6 +338,8 @@ def _variant_output(record: dict, pair: tuple, variant: _Variant, src: str, seed
     fields = {key: value for key, value in record.items() if key not in ("image", "mask", "checksum")}
     new = {**fields, "id": f"{record['id']}-aug{variant.number}", "augmented_from": record["id"],
            "augmentations": applied, "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
+    if "composite" in applied:
+        new["partner"] = variant.partner["id"]  # whose product was pasted in
     return new, jpeg, "jpg", encode_image(mask_to_image(mask), "PNG")
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -35,7 +35,7 @@ from cutout.data.features import (
     propose_clusters,
 )
 from cutout.data.io import ImageError, read_image, read_mask
-from cutout.data.manifest import REJECTS_NAME, manifest_uri, read_manifest
+from cutout.data.manifest import REJECTS_NAME, SOURCE_AUTO, manifest_uri, read_manifest
 from cutout.data.parallel import ordered_map
 from cutout.data.synth import PRODUCT_TYPES
 from cutout.evaluate.gallery import GalleryRow, write_gallery
@@ -85,6 +85,7 @@ class _Pair(NamedTuple):
     image_out: str
     mask_out: str
     product_type: str | None  # the true type, where the data has one (synthetic data does)
+    train_only: bool  # an auto-accepted pair: its mask is a model's own, no fair test of a model
 
 
 @dataclass
@@ -132,7 +133,8 @@ def cluster_dataset(
     clustering = propose_clusters(features, k, seed)
     proposed = [clustering.cluster_types[c] for c in clustering.cluster_ids]
     types = [corrections.get(pair.id, name) for pair, name in zip(kept, proposed, strict=True)]
-    splits = assign_splits([pair.id for pair in kept], types, val_fraction)
+    train_only = {pair.id for pair in kept if pair.train_only}
+    splits = assign_splits([pair.id for pair in kept], types, val_fraction, train_only)
     assignment = Assignment(kept, clustering, types, splits, {p.id for p in kept if p.id in corrections})
     storage.write_text(storage.join(dst, REJECTS_NAME), "".join(json.dumps(r) + "\n" for r in rejects))
     summary = _summarise(len(pairs), rejects, assignment)
@@ -169,7 +171,8 @@ def _pair_index(src: str, dst: str) -> list[_Pair]:
         image, mask = record["image"], record["mask"]
         inputs = storage.join(src, image), storage.join(src, mask)
         outputs = storage.join(dst, image), storage.join(dst, mask)
-        pairs.append(_Pair(pair_id, *inputs, *outputs, record.get("product_type")))
+        pairs.append(_Pair(pair_id, *inputs, *outputs, record.get("product_type"),
+                           record.get("source") == SOURCE_AUTO))  # fmt: skip
     return pairs
 
 
@@ -217,15 +220,20 @@ def _collect(
 # --- splits and overrides ----------------------------------------------------------------------
 
 
-def assign_splits(ids: list[str], clusters: list[str], val_fraction: float) -> list[str]:
+def assign_splits(
+    ids: list[str], clusters: list[str], val_fraction: float, train_only: Set[str] = frozenset()
+) -> list[str]:
     """``train``/``val`` per pair, stratified: in each cluster the pairs whose id hashes lowest are val.
 
     A hash of the id, not a random draw, so that the split is the same on every run and a pair stays
     in its split when others are added. Clusters of two or more keep at least one pair in each split.
+    Pairs in `train_only` (auto-accepted: the champion's own masks) always train: in the validation split
+    they would score the champion as perfect and every candidate as worse.
     """
     members: dict[str, list[int]] = {}
     for index, cluster in enumerate(clusters):
-        members.setdefault(cluster, []).append(index)
+        if ids[index] not in train_only:
+            members.setdefault(cluster, []).append(index)
     splits = ["train"] * len(ids)
     for indices in members.values():
         count = len(indices)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 from cutout.platform import storage
@@ -19,9 +19,13 @@ from cutout.platform import storage
 SOURCE_CORRECTED = "feedback-corrected"
 SOURCE_ACCEPTED = "feedback-accepted"
 PERSON_CHECKED_SOURCES = frozenset({SOURCE_CORRECTED, SOURCE_ACCEPTED})
+# Pairs whose mask is the serving model's own (auto-accepted, no person involved): fit to train on, never
+# to judge a model with, since they agree with the model that made them by construction.
+SOURCE_AUTO = "feedback-auto"
 
 # Where a pair comes from (its record's `domain`): evaluation, training and the gate score each apart.
 REAL_DOMAIN, SYNTHETIC_DOMAIN, UNLABELLED_DOMAIN = "real", "synthetic", "unlabelled"
+FEEDBACK_DOMAIN = "feedback"  # photos that came through serving (the merge step labels them)
 
 MANIFEST_NAME = "manifest.jsonl"
 REJECTS_NAME = "rejects.jsonl"
@@ -96,3 +100,23 @@ class DatasetWriter:
                 storage.copy(self._rejects.name, storage.join(self.out, REJECTS_NAME))
         finally:
             self._spool.cleanup()
+
+
+def copy_pairs(out: str, sources: Iterable[tuple[str, Iterable[dict]]]) -> int:
+    """Write a new dataset from chosen records of other datasets, their files copied byte for byte.
+
+    Args:
+        out: The new dataset (local or `s3://`).
+        sources: (dataset, records of its manifest) pairs; ids must not repeat across them.
+
+    Returns:
+        The number of pairs written.
+    """
+    with DatasetWriter(out) as writer:
+        for dataset, records in sources:
+            for record in records:
+                image = storage.read_bytes(storage.join(dataset, record["image"]))
+                mask = storage.read_bytes(storage.join(dataset, record["mask"]))
+                fields = {key: value for key, value in record.items() if key not in ("image", "mask")}
+                writer.add_pair(fields, image, record["image"].rsplit(".", 1)[-1], mask)
+    return writer.kept

@@ -34,6 +34,8 @@ PRODUCT_TYPES: tuple[str, ...] = (
     "light_coloured",
 )
 JPEG_QUALITY = 92
+STUDIO, CHECKS = "studio", "checks"
+BACKDROPS = (STUDIO, CHECKS)  # the plain studio sweep, and a new, busy backdrop
 SUPERSAMPLE = 4  # silhouettes are drawn 4× larger, then box-averaged: anti-aliased edges
 _Rng = np.random.Generator
 
@@ -223,6 +225,20 @@ def _backdrop(rng: _Rng, size: tuple[int, int], light_product: bool) -> np.ndarr
     return tone[..., None] * (1.0 + rng.uniform(-0.02, 0.02, 3).astype(np.float32))
 
 
+def _checked_backdrop(rng: _Rng, size: tuple[int, int]) -> np.ndarray:
+    """A bold check in two random colours, nothing like a studio sweep: what a new, busy backdrop looks like.
+
+    Checks of 12-20% of the width: the official U²-NetP scored 0.84 mean IoU on products over them, against
+    0.95 on the studio sweep, and was rightly unsure of the worst (quality scores down to 0.001).
+    """
+    width, height = size
+    cell = max(1, int(width * rng.uniform(0.12, 0.2)))
+    rows, columns = np.mgrid[0:height, 0:width]
+    checks = (((rows // cell) + (columns // cell)) % 2).astype(bool)[..., None]
+    first, second = (rng.integers(0, 256, 3).astype(np.float32) / 255.0 for _ in range(2))
+    return np.where(checks, first, second).astype(np.float32)
+
+
 def _cast_shadow(rng: _Rng, backdrop: np.ndarray, silhouette: np.ndarray, scale: float) -> np.ndarray:
     """Darken the backdrop with a soft drop shadow and a tight contact shadow of the product."""
     direction = rng.uniform(0, 2 * np.pi)
@@ -251,13 +267,18 @@ def _soft_highlights(colours: np.ndarray, knee: float = 0.85) -> np.ndarray:
 
 
 def _photograph(
-    rng: _Rng, product_type: str, shape: Shape, pose: _Pose, size: tuple[int, int]
+    rng: _Rng, product_type: str, shape: Shape, pose: _Pose, size: tuple[int, int], backdrop: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The product textured, lit and composited over its backdrop and shadow; also its coverage."""
     coverage, (x0, y0, x1, y1) = _render_coverage(shape, pose, size)
     silhouette = np.zeros((size[1], size[0]), np.float32)
     silhouette[y0:y1, x0:x1] = coverage
-    photo = _cast_shadow(rng, _backdrop(rng, size, product_type == "light_coloured"), silhouette, pose.scale)
+    behind = (
+        _checked_backdrop(rng, size)
+        if backdrop == CHECKS
+        else _backdrop(rng, size, product_type == "light_coloured")
+    )
+    photo = _cast_shadow(rng, behind, silhouette, pose.scale)
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5  # pixel centres
     u, v = pose.to_canonical(xs, ys)  # textures follow the product's own axes
     fabric = _fabric(rng, u, v, product_type, 1.0 / pose.scale)
@@ -270,7 +291,7 @@ def _photograph(
 
 
 def generate_pair(
-    index: int, size: tuple[int, int] = (320, 320), seed: int = 0
+    index: int, size: tuple[int, int] = (320, 320), seed: int = 0, backdrop: str = STUDIO
 ) -> tuple[Image.Image, np.ndarray, str]:
     """Generate one synthetic product photo and its exact mask.
 
@@ -281,38 +302,42 @@ def generate_pair(
         index: Position of the pair in the dataset.
         size: ``(width, height)`` in pixels.
         seed: Dataset seed.
+        backdrop: `studio` (the plain sweep of the catalogue) or `checks` (a new, busy backdrop).
 
     Returns:
         The RGB photo, the mask (bool, shape ``(height, width)``, True on the product) and the
         product type, one of `PRODUCT_TYPES`.
 
     Raises:
-        ValueError: for a size under 32 pixels.
+        ValueError: for a size under 32 pixels or an unknown backdrop.
     """
     if min(size) < 32:  # smaller frames leave no room for a product's parts
         raise ValueError(f"size must be at least 32×32 pixels, got {size}")
+    if backdrop not in BACKDROPS:
+        raise ValueError(f"unknown backdrop {backdrop!r}: choose one of {', '.join(BACKDROPS)}")
     rng = np.random.default_rng([seed, index])
     product_type = PRODUCT_TYPES[index % len(PRODUCT_TYPES)]
     # Light-coloured products come in every silhouette: only their colour sets them apart.
     silhouette = PRODUCT_TYPES[rng.integers(5)] if product_type == "light_coloured" else product_type
     shape = SILHOUETTES[silhouette](rng)
-    photo, coverage = _photograph(rng, product_type, shape, _pose(rng, shape, size), size)
+    photo, coverage = _photograph(rng, product_type, shape, _pose(rng, shape, size), size, backdrop)
     return _camera(rng, photo), coverage >= 0.5, product_type
 
 
 # --- the dataset -------------------------------------------------------------------------------
 
 
-def _encode_pair(index: int, size: tuple[int, int], seed: int) -> tuple[str, bytes, bytes]:
+def _encode_pair(index: int, size: tuple[int, int], seed: int, backdrop: str) -> tuple[str, bytes, bytes]:
     """Worker task: one pair as (product type, JPEG bytes, PNG mask bytes)."""
-    image, mask, product_type = generate_pair(index, size, seed)
+    image, mask, product_type = generate_pair(index, size, seed, backdrop)
     return product_type, encode_image(image, "JPEG", JPEG_QUALITY), encode_image(mask_to_image(mask), "PNG")
 
 
-def _encoded_pair_record(index: int, encoded: tuple[str, bytes, bytes], size: tuple, seed: int) -> dict:
+def _encoded_pair_record(index: int, encoded: tuple[str, bytes, bytes], size: tuple, seed: int, backdrop: str,
+                         domain: str) -> dict:  # fmt: skip
     product_type, jpeg, _ = encoded
     return {"id": f"synth-{index:06d}", "width": size[0], "height": size[1], "product_type": product_type,
-            "source": "synth", "domain": SYNTHETIC_DOMAIN, "seed": seed,
+            "source": "synth", "domain": domain, "backdrop": backdrop, "seed": seed,
             "checksum": hashlib.sha256(jpeg).hexdigest()}  # fmt: skip
 
 
@@ -322,6 +347,8 @@ def synthesize_dataset(
     size: tuple[int, int] = (320, 320),
     seed: int = 0,
     on_progress: Callable[[], None] | None = None,
+    backdrop: str = STUDIO,
+    domain: str = SYNTHETIC_DOMAIN,
 ) -> SynthSummary:
     """Write a synthetic dataset of studio product photos and exact masks.
 
@@ -335,20 +362,24 @@ def synthesize_dataset(
         size: ``(width, height)`` of every pair, in pixels.
         seed: Dataset seed; pair ``i`` is `generate_pair` ``(i, size, seed)``.
         on_progress: Called once after each pair is written.
+        backdrop: `studio` or `checks` (see `generate_pair`).
+        domain: The records' `domain`, which evaluation and the promotion gate score apart.
 
     Returns:
         What was written, with counts per product type.
 
     Raises:
-        ValueError: for a negative ``count`` or a size under 32 pixels.
+        ValueError: for a negative ``count``, a size under 32 pixels or an unknown backdrop.
     """
     if count < 0 or min(size) < 32:
         raise ValueError(f"need count >= 0 and a size of at least 32×32, got {count} and {size}")
+    if backdrop not in BACKDROPS:
+        raise ValueError(f"unknown backdrop {backdrop!r}: choose one of {', '.join(BACKDROPS)}")
     per_type = Counter(dict.fromkeys(PRODUCT_TYPES, 0))
-    encoded_pairs = ordered_map(partial(_encode_pair, size=size, seed=seed), range(count))
+    encoded_pairs = ordered_map(partial(_encode_pair, size=size, seed=seed, backdrop=backdrop), range(count))
     with DatasetWriter(out) as writer:
         for index, encoded in enumerate(encoded_pairs):
-            record = _encoded_pair_record(index, encoded, size, seed)
+            record = _encoded_pair_record(index, encoded, size, seed, backdrop, domain)
             writer.add_pair(record, encoded[1], "jpg", encoded[2])
             per_type[record["product_type"]] += 1
             if on_progress is not None:

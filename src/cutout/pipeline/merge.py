@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from cutout.data import clean
 from cutout.data.io import ImageError, decode_image, encode_image
-from cutout.data.manifest import DatasetWriter
+from cutout.data.manifest import FEEDBACK_DOMAIN, DatasetWriter
 from cutout.platform import storage
 
 RAW, CORRECTED, AUTO = "raw", "corrected", "auto"
@@ -142,6 +142,7 @@ def _feedback_inputs(source: str, store: str) -> Iterator[_Input]:
             continue
         fields = {key: value for key, value in record.items() if key not in _OWN_FIELDS}
         fields.update(feedback_id=record.get("id"), source=record.get("source", f"feedback-{source}"))
+        fields.setdefault("domain", FEEDBACK_DOMAIN)  # photos from production: the gate scores them apart
         yield _Input(source, pair_id, image, mask, fields)
 
 

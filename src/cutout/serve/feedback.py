@@ -42,7 +42,7 @@ from PIL import Image
 from prometheus_client import Counter, Gauge, Histogram
 
 from cutout.data.io import encode_image
-from cutout.data.manifest import MANIFEST_NAME
+from cutout.data.manifest import MANIFEST_NAME, SOURCE_AUTO
 from cutout.platform import storage
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ REVIEW_PENDING = "review/pending"
 RECORDS = "records"
 ITEM_FILE = "item.json"
 DEFAULT_QUEUE_SIZE = 64
-SOURCE = "feedback-auto"  # the manifest's `source` of auto-accepted pairs
+SOURCE = SOURCE_AUTO  # the manifest's `source` of auto-accepted pairs
 # Item ids become file and folder names: letters, digits, '-' and '_' only (no traversal, no dots).
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 # Pillow's format names → file extensions; other formats keep their lower-cased name.
