@@ -15,6 +15,7 @@ def register_and_promote(
     holdout: Input[Dataset],
     promotion_margin: float,
     real_holdout_uri: str = "",
+    extra_holdout_uris: str = "",
 ) -> NamedTuple("Registered", [("version", str), ("model_uri", str), ("promoted", bool)]):
     """Register the trained model with its metrics, calibrate its routing threshold, promote it if it is good.
 
@@ -29,6 +30,8 @@ def register_and_promote(
         promotion_margin: How far above zero the gain's 95% interval must start on some domain.
         real_holdout_uri: Real photos compared on beside the holdout: empty, those cutout ships; `none`,
             none.
+        extra_holdout_uris: More datasets (comma-separated) compared on, all their pairs, grouped by
+            their records' `domain` (e.g. photos on a new backdrop).
 
     Returns:
         The new version, its `models:/cutout/<version>` URI, and whether it became the champion.
@@ -41,6 +44,7 @@ def register_and_promote(
     scores = {key: value for key, value in metrics.metadata.items() if isinstance(value, int | float)}
     decision = steps.register_and_promote(model.metadata["run_id"], scores, src, promotion_margin,
                                           calibration_out=steps.sibling(src, "calibration"),
-                                          real_holdout=steps.real_holdout(real_holdout_uri))  # fmt: skip
+                                          real_holdout=steps.real_holdout(real_holdout_uri),
+                                          extra_holdouts=steps.uri_list(extra_holdout_uris))  # fmt: skip
     registered = namedtuple("Registered", ["version", "model_uri", "promoted"])
     return registered(decision["version"], decision["model_uri"], decision["promoted"])

@@ -80,6 +80,7 @@ def cutout_training_pipeline(
     routing_threshold: float = -1.0,
     promotion_margin: float = 0.0,
     real_holdout_uri: str = "",
+    extra_holdout_uris: str = "",
     deploy_model: bool = True,
     canary_percent: int = 0,
     serve_image: str = "",
@@ -112,6 +113,8 @@ def cutout_training_pipeline(
             mean IoU over the same photos) must exceed on some domain for a promotion.
         real_holdout_uri: Real photos the gate compares the candidate and the champion on, beside the
             `val` split: empty, the 200 street-fashion photos cutout ships; `none`, no such holdout.
+        extra_holdout_uris: More datasets the gate compares on (comma-separated), each scored per
+            `domain` of its records: e.g. photos on a new backdrop that the retraining should learn.
         deploy_model: Deploy a promoted model.
         canary_percent: Send this share (1-99) of traffic to the new revision at first; 0: all of it.
         local: Train with local Horovod workers and do not deploy (write the InferenceService's YAML).
@@ -168,6 +171,7 @@ def cutout_training_pipeline(
                 holdout=clustered.outputs["clustered"],
                 promotion_margin=promotion_margin,
                 real_holdout_uri=real_holdout_uri,
+                extra_holdout_uris=extra_holdout_uris,
             )
         )
         # Two conditions, so the KFP UI shows why a run did not deploy. `== True`: a KFP condition.

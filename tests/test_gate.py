@@ -53,3 +53,18 @@ def test_per_image_records_group_by_domain():
     records = [{"id": "a", "iou": 0.9, "domain": "real"}, {"id": "b", "iou": 0.8, "domain": "synthetic"},
                {"id": "c", "iou": 0.7}]  # fmt: skip
     assert ious_by_domain(records) == {"real": {"a": 0.9}, "synthetic": {"b": 0.8}, "unlabelled": {"c": 0.7}}
+
+
+def test_a_domain_of_a_few_photos_is_shown_but_decides_nothing():
+    rng = np.random.default_rng(3)
+    champion_real = rng.uniform(0.9, 0.97, 50)
+    same_real = compare_paired("real", scores(champion_real), scores(champion_real))
+    two_better = compare_paired("feedback", {"a": 0.99, "b": 0.98}, {"a": 0.90, "b": 0.91})
+    two_worse = compare_paired("feedback", {"a": 0.5, "b": 0.6}, {"a": 0.9, "b": 0.9})
+
+    for few in (two_better, two_worse):
+        verdict = judge([same_real, few])
+        assert not verdict.promoted and verdict.reason.startswith("no gain beyond the holdouts' noise")
+        assert "feedback (2 photos)" in verdict.reason and "under 10 photos are not judged" in verdict.reason
+    alone = judge([two_better])
+    assert not alone.promoted and alone.reason.startswith("too few photos to judge on any domain")

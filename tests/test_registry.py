@@ -1,5 +1,6 @@
 """The registry protects: the MLflow round trip against a live server (log, register, alias, load by
-`models:/cutout@champion` through MLflow and through our loader) and the promotion gate."""
+`models:/cutout@champion` through MLflow and through our loader), a registry started from a built-in
+model, and `cutout promote` applying the promotion gate."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import base64
 import io
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner, Result
 
+from cutout.cli import app
+from cutout.data.manifest import copy_pairs, read_manifest
+from cutout.data.real import REAL_PHOTOS
 from cutout.model.inference import predict_probabilities
 from cutout.model.loader import load_predictor
 from cutout.model.weights import load_model, save_checkpoint
@@ -60,8 +64,7 @@ def _as_base64(image) -> str:
 
 def test_round_trip_through_the_champion_alias(runs, mlflow_tracking):
     version = registry.register_model(runs["a"], "cutout", metrics={"mean_iou": 0.9})
-    decision = registry.promote("cutout", version)
-    assert decision.promoted and decision.champion_version is None
+    registry.record_promotion("cutout", version, True, {"reason": "test"})
     assert registry.champion_version("cutout").version == version
 
     photos = _photos()
@@ -93,62 +96,50 @@ def test_registered_versions_resolve_to_the_checkpoint_and_the_onnx_file(runs, m
         registry.resolve_model_uri(f"models:/{name}/2", prefer="onnx")
 
 
-def test_the_gate_refuses_a_worse_model_and_records_why(runs, mlflow_tracking):
+def _cutout(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_registry_starts_from_a_builtin_model_and_promote_applies_the_gate(runs, mlflow_tracking, tmp_path):
     name = f"cutout-{uuid.uuid4().hex[:8]}"
     client = MlflowClient()
-    first = registry.register_model(runs["a"], name, metrics={"mean_iou": 0.90, "mae": 0.02})
-    assert registry.promote(name, first).promoted
-    assert client.get_model_version(name, first).tags["mean_iou"] == "0.9"
+    holdout = str(tmp_path / "real")
+    copy_pairs(holdout, [(str(REAL_PHOTOS), list(read_manifest(str(REAL_PHOTOS)))[:12])])
 
-    worse = registry.register_model(runs["b"], name, metrics={"mean_iou": 0.85})
-    refused = registry.promote(name, worse)
-    assert not refused.promoted
-    assert (refused.score, refused.champion_score, refused.champion_version) == (0.85, 0.9, first)
-    assert client.get_model_version_by_alias(name, "champion").version == first
+    random = registry.register_model(runs["b"], name)  # untrained weights: the worst possible champion
+    first = _cutout("promote", "--version", random, "--name", name)
+    assert first.exit_code == 0 and "promoted: first model: no champion yet" in first.output
+
+    registered = _cutout("register", "--model", "u2netp", "--name", name)
+    assert registered.exit_code == 0, registered.output
+    official = registered.stdout.strip().splitlines()[-1]  # the version, printed last for scripts
+    version = client.get_model_version(name, official)
+    assert version.tags["builtin"] == "u2netp"
+    assert client.get_run(version.run_id).data.params["builtin"] == "u2netp"
+    photo = [product_photo(200, 300, seed=3)]
+    registered_masks = predict_probabilities(load_predictor(f"models:/{name}/{official}"), photo)
+    official_masks = predict_probabilities(load_predictor("u2netp"), photo)
+    np.testing.assert_allclose(registered_masks[0], official_masks[0], atol=1e-4)
+
+    unjudged = _cutout("promote", "--version", official, "--name", name)
+    assert unjudged.exit_code == 2 and "give --holdout DATA" in unjudged.output
+    promoted = _cutout("promote", "--version", official, "--name", name, "--holdout", holdout)
+    assert promoted.exit_code == 0 and "promoted: better on real beyond noise" in promoted.output
+    assert client.get_model_version_by_alias(name, "champion").version == official
+
+    worse = registry.register_model(runs["b"], name)
+    refused = _cutout("promote", "--version", worse, "--name", name, "--holdout", holdout)
+    assert refused.exit_code == 0 and "not promoted: loses" in refused.output
+    assert client.get_model_version_by_alias(name, "champion").version == official
     tags = client.get_model_version(name, worse).tags
-    assert tags["promotion.promoted"] == "False"
-    assert float(tags["promotion.score"]) == 0.85 and float(tags["promotion.champion_score"]) == 0.9
-
-    better = registry.promote(name, registry.register_model(runs["b"], name, metrics={"mean_iou": 0.93}))
-    assert better.promoted and better.champion_score == 0.9
-    assert client.get_model_version_by_alias(name, "champion").version == better.version
-    assert client.get_model_version(name, better.version).tags["promotion.promoted"] == "True"
+    assert tags["promotion.promoted"] == "False" and tags["promotion.real_interval"].endswith("(12)")
 
 
-def _version(version: str, **tags: str) -> SimpleNamespace:
-    return SimpleNamespace(name="cutout", version=version, tags=tags)
-
-
-def test_the_gate_on_margins_holdouts_and_missing_scores():
-    champion = _version("1", mean_iou="0.9", holdout="aaa")
-    assert registry.decide(_version("2", mean_iou="0.9"), champion, "mean_iou").promoted  # a tie is enough
-    assert not registry.decide(_version("2", mean_iou="0.905"), champion, "mean_iou", margin=0.01).promoted
-    other_holdout = registry.decide(_version("2", mean_iou="0.99", holdout="bbb"), champion, "mean_iou")
-    assert not other_holdout.promoted and "holdout" in other_holdout.reason
-    with pytest.raises(ValueError, match="no 'mean_iou' tag"):
-        registry.decide(_version("2"), champion, "mean_iou")
-    # Re-evaluated on the candidate's holdout, the champion is compared there, both ways.
-    candidate = _version("2", mean_iou="0.95", holdout="bbb")
-    rescored = registry.decide(candidate, champion, "mean_iou", champion_score=0.94)
-    assert rescored.promoted and rescored.champion_score == 0.94 and "re-evaluated" in rescored.reason
-    assert not registry.decide(candidate, champion, "mean_iou", champion_score=0.96).promoted
-
-
-def test_promote_rescores_a_champion_from_another_holdout(runs, mlflow_tracking):
-    name = f"cutout-{uuid.uuid4().hex[:8]}"
-    first = registry.register_model(runs["a"], name, metrics={"mean_iou": 0.97}, holdout="old-holdout")
-    assert registry.promote(name, first).promoted
-    second = registry.register_model(runs["b"], name, metrics={"mean_iou": 0.95}, holdout="new-holdout")
-    asked = []
-
-    def rescore(uri: str) -> float:
-        asked.append(uri)
-        return 0.93  # the champion on the new holdout, which holds harder photos
-
-    decision = registry.promote(name, second, rescore=rescore)
-    assert asked == [f"models:/{name}/{first}"]
-    assert decision.promoted and decision.champion_score == 0.93
-    assert MlflowClient().get_model_version_by_alias(name, "champion").version == second
+def test_register_refuses_an_unknown_builtin_name_in_one_line(mlflow_tracking):
+    result = _cutout("register", "--model", "u2netx")
+    assert result.exit_code == 2
+    assert "unknown built-in model 'u2netx': choose one of u2netp, u2netp-fashion" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_no_champion_for_an_unknown_model(mlflow_tracking):

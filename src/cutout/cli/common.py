@@ -16,7 +16,7 @@ from cutout.model.builtin import BUILTIN_MODELS
 
 app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True)
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # whole lines at any width: paths stay greppable
 # What every command that takes a model accepts (`cutout.model.loader.load_predictor`).
 MODEL_HELP = (f"A built-in model ({', '.join(BUILTIN_MODELS)}), models:/NAME@ALIAS or models:/NAME/VERSION, "
               "a checkpoint or official .pth, or an .onnx file.")  # fmt: skip

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cutout.cli.common import MODEL_HELP, T, app, console, fail, with_progress
 
@@ -56,39 +57,85 @@ def _log_report(run_id: str, report: str, metrics: dict) -> None:
 
 @app.command()
 def register(
-    run_id: Annotated[str, typer.Option(help="The training run that logged the model.")],
-    metrics: Annotated[str, typer.Option(help="metrics.json from `cutout evaluate`.")],
+    run_id: Annotated[str | None, typer.Option(help="The training run that logged the model.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="metrics.json from `cutout evaluate`.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="A built-in model to register instead of a run's (`u2netp`): a registry's start."),
+    ] = None,
     name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
     holdout: Annotated[
         str | None, typer.Option(help="The evaluation dataset (its manifest hash is kept).")
     ] = None,
 ) -> None:
-    """Register the run's model as a new version, with its evaluation metrics."""
+    """Register the run's model (or a built-in one) as a new version, with its evaluation metrics."""
     import json
 
     from cutout.platform import storage
     from cutout.platform.registry import register_model
     from cutout.platform.tracking import manifest_hash
 
-    scores = {k: v for k, v in json.loads(storage.read_text(metrics)).items() if isinstance(v, int | float)}
-    version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
+    if (run_id is None) == (model is None):
+        raise fail("give either --run-id (a training run's model) or --model (a built-in model), not both")
+    if model is not None:
+        version = _register_builtin(model, name)
+    else:
+        scores = json.loads(storage.read_text(metrics)) if metrics else {}
+        scores = {k: v for k, v in scores.items() if isinstance(v, int | float)}
+        version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
     print(version)
-    console.print(f"registered {name} version {version}")
+    console.print(f"registered {name} version {version}" + (f" ({model})" if model else ""))
+
+
+def _register_builtin(builtin: str, name: str) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from cutout.model.builtin import BUILTIN_MODELS
+    from cutout.model.weights import save_builtin_checkpoint
+    from cutout.platform.registry import register_checkpoint, set_version_tag
+
+    with tempfile.TemporaryDirectory(prefix="cutout-builtin-") as folder:
+        checkpoint = str(Path(folder) / "model.ckpt")
+        try:
+            metadata = save_builtin_checkpoint(builtin, checkpoint)
+        except ValueError as error:  # not a built-in name, or its file is missing or damaged
+            raise fail(str(error)) from None
+        params = {"builtin": builtin, "sha256": BUILTIN_MODELS[builtin].sha256, **metadata}
+        version = register_checkpoint(checkpoint, f"builtin-{builtin}", params, name)
+    set_version_tag(f"models:/{name}/{version}", "builtin", builtin)
+    return version
 
 
 @app.command()
 def promote(
     version: Annotated[str, typer.Option(help="The candidate version.")],
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A dataset both models are scored on, photo by photo (its val split, or all its "
+            "pairs); repeat for more. Needed once there is a champion."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
-    metric: Annotated[str, typer.Option(help="The metric the gate compares.")] = "mean_iou",
-    margin: Annotated[float, typer.Option(help="How much better than the champion it must be.")] = 0.0,
+    margin: Annotated[
+        float, typer.Option(help="The mean IoU gain whose whole 95% interval a domain must clear.")
+    ] = 0.0,
 ) -> None:
-    """Make a version the champion if it scores at least the current champion's (+ margin)."""
-    from cutout.platform.registry import promote as promote_version
+    """Make a version the champion if it beats the current one beyond noise (the pipeline's gate)."""
+    from cutout.pipeline.steps import gate_against_champion
+    from cutout.platform.registry import champion_version
 
-    decision = promote_version(name, version, metric=metric, margin=margin)
-    verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
-    console.print(f"{name} version {version}: {verdict}: {decision.reason}")
+    champion = champion_version(name)
+    if champion is not None and str(champion.version) != str(version) and not holdout:
+        raise fail(f"{name} has a champion (version {champion.version}): give --holdout DATA, the photos "
+                   "the gate scores both versions on")  # fmt: skip
+    try:
+        decision = gate_against_champion(name, version, [(data, "val") for data in holdout or []], margin)
+    except (ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    verdict = "[green]promoted[/green]" if decision["promoted"] else "[yellow]not promoted[/yellow]"
+    console.print(f"{name} version {version}: {verdict}: {escape(decision['reason'])}", soft_wrap=True)
 
 
 @app.command("calibrate-threshold")

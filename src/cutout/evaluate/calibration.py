@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from cutout.data.io import read_image, read_mask
+from cutout.data.manifest import UNLABELLED_DOMAIN, record_domain
 from cutout.evaluate.confidence import mask_confidence
 from cutout.evaluate.evaluation import DEFAULT_CLUSTER, score_pairs
 from cutout.evaluate.metrics import iou
@@ -53,6 +54,7 @@ class ImageConfidence:
     cluster: str
     iou: float
     score: float
+    domain: str = UNLABELLED_DOMAIN  # the record's (see `cutout.data.manifest.record_domain`)
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,9 @@ def score_batch(predictor: MaskPredictor, batch: list[dict], data: str) -> list[
         if truth.shape != full.shape:
             raise ValueError(f"pair {record['id']}: mask is {truth.shape[::-1]}, photo is {image.size} (W×H)")
         cluster = str(record.get("cluster") or DEFAULT_CLUSTER)
+        confidence = mask_confidence(probabilities)
         results.append(
-            ImageConfidence(record["id"], cluster, iou(full, truth), mask_confidence(probabilities))
+            ImageConfidence(record["id"], cluster, iou(full, truth), confidence, record_domain(record))
         )
     return results
 

@@ -9,6 +9,10 @@ interval (resampling photos): a difference inside that interval's reach is noise
 2. It is promoted when, on at least one domain, the whole 95% interval lies above `margin`.
 3. Otherwise it is refused: its gains are within noise. The reason shows every interval.
 
+A domain of fewer than `MIN_PHOTOS` photos is shown but decides nothing either way: two corrected photos
+that happened to land in the `val` split say nothing about a model, and their bootstrap interval (over
+two values) would look far surer than it is.
+
 Why a paired bootstrap rather than comparing two means: the same holdout scored twice differs mostly by
 which photos are hard, and pairing removes that; with 60 photos a 0.0004 difference decided promotions
 before (one clone promoted, another refused the same run).
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LOSS_TOLERANCE = 0.005  # mean IoU a candidate may lose on a domain before it is refused
+MIN_PHOTOS = 10  # a domain with fewer photos is shown, not judged
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 
@@ -82,13 +87,18 @@ def judge(
     """Apply the gate's rules (see the module) to the per-domain comparisons."""
     if not comparisons:
         raise ValueError("no holdout to compare the candidate and the champion on")
+    judged = [comparison for comparison in comparisons if comparison.count >= MIN_PHOTOS]
     shown = "; ".join(comparison.describe() for comparison in comparisons)
-    for comparison in comparisons:
+    if len(judged) < len(comparisons):
+        shown += f" (domains under {MIN_PHOTOS} photos are not judged)"
+    if not judged:
+        return GateVerdict(False, f"too few photos to judge on any domain: {shown}", tuple(comparisons))
+    for comparison in judged:
         if comparison.difference < -loss_tolerance:
             reason = (f"loses {-comparison.difference:.4f} mean IoU on {comparison.domain} photos (more than "
                       f"{loss_tolerance}): {shown}")  # fmt: skip
             return GateVerdict(False, reason, tuple(comparisons))
-    better = [comparison.domain for comparison in comparisons if comparison.low > margin]
+    better = [comparison.domain for comparison in judged if comparison.low > margin]
     if better:
         reason = f"better on {', '.join(better)} beyond noise (interval above {margin}): {shown}"
         return GateVerdict(True, reason, tuple(comparisons))

@@ -119,3 +119,15 @@ def save_checkpoint(uri: str | Path, model: U2Net, variant: str, input_size: int
     checkpoint = {"format": CHECKPOINT_FORMAT, "variant": variant, "input_size": input_size, **extra}
     torch.save({**checkpoint, "model": model.state_dict()}, buffer)
     storage.write_bytes(str(uri), buffer.getvalue())
+
+
+def save_builtin_checkpoint(builtin: str, uri: str | Path) -> dict[str, Any]:
+    """Save a built-in model (`u2netp`) as a cutout checkpoint (for the registry); returns its metadata.
+
+    Raises:
+        cutout.model.builtin.BuiltinModelError: not a built-in name, or its file is missing or damaged.
+    """
+    builtin_model_path(builtin)  # an unknown name fails here with the list of built-in names
+    model, metadata = load_model(builtin)
+    save_checkpoint(uri, model, metadata["variant"], metadata["input_size"], builtin=builtin)
+    return metadata

@@ -283,6 +283,7 @@ def register_and_promote(
     margin: float,
     calibration_out: str | None = None,
     real_holdout: str | None = None,
+    extra_holdouts: list[str] | None = None,
 ) -> dict:
     """Register the run's model with its metrics; promote it if the gate says it beats the champion.
 
@@ -294,6 +295,7 @@ def register_and_promote(
 
     Args:
         real_holdout: A dataset of real photos scored beside the `val` split (all its pairs); None: none.
+        extra_holdouts: More datasets scored beside them (all their pairs), per their records' domain.
 
     Returns:
         `version`, `model_uri` (`models:/cutout/<version>`), `promoted`, `reason`, `champion_version`,
@@ -305,16 +307,20 @@ def register_and_promote(
     scores = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
     version = register_model(run_id, MODEL_NAME, scores, manifest_hash(holdout))
     model_uri = f"models:/{MODEL_NAME}/{version}"
-    threshold = None
+    extra = [real_holdout] if real_holdout else []
+    holdouts = [(holdout, "val")] + [(data, None) for data in extra + list(extra_holdouts or [])]
+    threshold, scored = None, {}
     if calibration_out:
         from cutout.evaluate.calibration import calibrate_threshold
 
-        threshold = calibrate_threshold(model_uri, holdout, "val", calibration_out).choice.threshold
+        calibration = calibrate_threshold(model_uri, holdout, "val", calibration_out)
+        threshold, scored[holdouts[0]] = calibration.choice.threshold, calibration.images
         set_routing_threshold(model_uri, threshold)
         if real_holdout:
-            check_routing_on_real_photos(model_uri, threshold, real_holdout, f"{calibration_out}-real")
-    holdouts = [(holdout, "val")] + ([(real_holdout, None)] if real_holdout else [])
-    decision = gate_against_champion(MODEL_NAME, version, holdouts, margin)
+            real = check_routing_on_real_photos(model_uri, threshold, real_holdout, f"{calibration_out}-real")
+            scored[holdouts[1]] = real.images
+    # What the calibrations scored (the same IoUs) the gate does not score again.
+    decision = gate_against_champion(MODEL_NAME, version, holdouts, margin, scored)
     print(f"{MODEL_NAME} version {version}: {'promoted' if decision['promoted'] else 'not promoted'}: "
           f"{decision['reason']}", flush=True)  # fmt: skip
     return {**decision, "model_uri": model_uri, "threshold": threshold}
@@ -331,9 +337,18 @@ def real_holdout(uri: str) -> str | None:
     return uri
 
 
-def check_routing_on_real_photos(model_uri: str, threshold: float, real_holdout: str, out: str) -> str:
+def uri_list(uris: str) -> list[str]:
+    """A comma-separated pipeline parameter as a list of URIs (empty: none)."""
+    return [uri.strip() for uri in uris.split(",") if uri.strip()]
+
+
+def check_routing_on_real_photos(model_uri: str, threshold: float, real_holdout: str, out: str):
     """What the routing threshold chosen on the `val` split does on real photos: the share it routes and
-    the share of bad masks it catches, written on the version (`routing_on_real`) and its report to `out`."""
+    the share of bad masks it catches, written on the version (`routing_on_real`) and its report to `out`.
+
+    Returns:
+        The real photos' `cutout.evaluate.calibration.Calibration` (each photo's IoU and score).
+    """
     from cutout.evaluate.calibration import BAD_IOU, calibrate_threshold, routing_rates
     from cutout.platform.registry import set_version_tag
 
@@ -344,14 +359,22 @@ def check_routing_on_real_photos(model_uri: str, threshold: float, real_holdout:
                f"{caught_text} with IoU < {BAD_IOU} ({real.bad_share:.1%} of them)")  # fmt: skip
     print(f"{model_uri} on real photos: {summary}", flush=True)
     set_version_tag(model_uri, "routing_on_real", summary)
-    return summary
+    return real
 
 
 Holdouts = list[tuple[str, str | None]]  # (dataset, split): the photos the gate compares models on
+Scored = dict[tuple[str, str | None], list]  # holdout → per-photo results (`id`, `iou`, `domain`)
 
 
-def gate_against_champion(name: str, version: str, holdouts: Holdouts, margin: float) -> dict:
-    """Compare a version with the champion on the same holdouts, photo by photo, and record the verdict."""
+def gate_against_champion(
+    name: str, version: str, holdouts: Holdouts, margin: float, scored: Scored | None = None
+) -> dict:
+    """Compare a version with the champion on the same holdouts, photo by photo, and record the verdict.
+
+    Args:
+        scored: The version's per-photo results already at hand, by holdout (anything with `id`, `iou`
+            and `domain`, e.g. a calibration's images); those holdouts are not scored again for it.
+    """
     from cutout.evaluate.gate import compare_paired, judge
     from cutout.platform.registry import champion_version, record_promotion
 
@@ -361,7 +384,7 @@ def gate_against_champion(name: str, version: str, holdouts: Holdouts, margin: f
         record_promotion(name, version, True, {"reason": reason})
         return {"version": str(version), "promoted": True, "reason": reason, "champion_version": None,
                 "comparisons": []}  # fmt: skip
-    ours = score_per_photo(f"models:/{name}/{version}", holdouts)
+    ours = score_per_photo(f"models:/{name}/{version}", holdouts, scored)
     theirs = score_per_photo(f"models:/{name}/{champion.version}", holdouts)
     comparisons = [compare_paired(domain, ours[domain], theirs.get(domain, {})) for domain in sorted(ours)]
     verdict = judge(comparisons, margin)
@@ -374,14 +397,17 @@ def gate_against_champion(name: str, version: str, holdouts: Holdouts, margin: f
             "comparisons": [asdict(c) for c in comparisons]}  # fmt: skip
 
 
-def score_per_photo(model_uri: str, holdouts: Holdouts) -> dict[str, dict[str, float]]:
+def score_per_photo(
+    model_uri: str, holdouts: Holdouts, scored: Scored | None = None
+) -> dict[str, dict[str, float]]:
     """A model's IoU on every photo of the holdouts (dataset, split), grouped by domain, keyed by
-    `<holdout index>/<pair id>` (two holdouts may reuse an id)."""
+    `<holdout index>/<pair id>` (two holdouts may reuse an id); `scored` holdouts are taken as given."""
     from cutout.evaluate.evaluation import score_model
 
     grouped: dict[str, dict[str, float]] = {}
-    for index, (data, split) in enumerate(holdouts):
-        for score in score_model(model_uri, data, split):
+    for index, holdout in enumerate(holdouts):
+        results = (scored or {}).get(holdout)
+        for score in score_model(model_uri, *holdout) if results is None else results:
             grouped.setdefault(score.domain, {})[f"{index}/{score.id}"] = score.iou
     means = (f"{domain} {sum(ious.values()) / len(ious):.4f} ({len(ious)} photos)"
              for domain, ious in grouped.items())  # fmt: skip

@@ -21,8 +21,7 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cutout.platform import storage
-from cutout.platform.tracking import current_tracking_uri
+from cutout.platform.tracking import current_tracking_uri, start_run
 
 MODEL_NAME = "cutout"
 CHAMPION = "champion"
@@ -49,6 +48,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Pinned to what runs here; listing them saves MLflow's ~9 s of inferring them on every log.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pillow", "boto3")
 
+# The wrapper needs the package's code, not the real photos or built-in weights shipped beside it.
+_NOT_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "ccp", "weights")
 _NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
 SIGNATURE = ModelSignature(
@@ -103,7 +104,7 @@ def log_model(checkpoint_uri: str, run_id: str | None = None, onnx: bool = True)
         artifacts = _model_files(checkpoint_uri, Path(tmp), onnx)
         metadata = read_state_dict(artifacts[CHECKPOINT])[1]
         code = shutil.copytree(PACKAGE_DIR, Path(tmp) / "code" / "cutout",
-                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+                               ignore=_NOT_CODE)  # fmt: skip
         _client()  # point MLflow at the configured store before anything is logged
         with _run_context(run_id), warnings.catch_warnings():
             # The signature is explicit; an input example would only cost a prediction at log time.
@@ -164,6 +165,24 @@ def register_model(
     return str(mlflow.register_model(_logged_model_uri(client, run_id), name, tags=tags).version)
 
 
+def register_checkpoint(
+    checkpoint_uri: str, run_name: str, params: Mapping[str, object], name: str = MODEL_NAME
+) -> str:
+    """Log a checkpoint in a new run (`run_name`, with `params`) and register it as a new version.
+
+    For weights no training run made here: a built-in model (`cutout register --model u2netp`) becomes a
+    version like any other, so a fresh registry can start from it.
+
+    Returns:
+        The new version number.
+    """
+    # The project's experiment, whose artifacts sit beside a local store (not in the current folder).
+    with start_run(run_name=run_name, tracking_uri=current_tracking_uri()) as run:
+        mlflow.log_params(dict(params))
+        log_model(checkpoint_uri, run.info.run_id)
+    return register_model(run.info.run_id, name)
+
+
 def _logged_model_uri(client: MlflowClient, run_id: str) -> str:
     # MLflow 3 keeps models beside runs, not in them: find the run's `model` (the newest if logged twice).
     experiment = client.get_run(run_id).info.experiment_id
@@ -174,97 +193,6 @@ def _logged_model_uri(client: MlflowClient, run_id: str) -> str:
     if not found:
         raise ValueError(f"run {run_id} has no logged model {ARTIFACT_NAME!r}: log one with log_model")
     return found[0].model_uri
-
-
-@dataclass(frozen=True)
-class PromotionDecision:
-    """Whether a version became the champion, and the scores that decided it."""
-
-    name: str
-    version: str
-    metric: str
-    score: float
-    champion_version: str | None
-    champion_score: float | None
-    margin: float
-    promoted: bool
-    reason: str
-
-
-def decide(
-    candidate, champion, metric: str, margin: float = 0.0, champion_score: float | None = None
-) -> PromotionDecision:
-    """The promotion gate on two model versions (`champion` is None when there is none yet).
-
-    `champion_score` is the champion's score on the candidate's holdout when it was evaluated on another
-    one (`promote`'s `rescore`); without it, versions scored on different holdouts are not compared.
-    """
-    score = _score(candidate, metric)
-    base = {"name": candidate.name, "version": str(candidate.version), "metric": metric, "score": score,
-            "margin": margin, "champion_version": None, "champion_score": None}  # fmt: skip
-    if champion is None:
-        return PromotionDecision(**base, promoted=True, reason="first model: no champion yet")
-    rescored = champion_score is not None
-    base.update(champion_version=str(champion.version),
-                champion_score=champion_score if rescored else _score(champion, metric))  # fmt: skip
-    if base["champion_version"] == base["version"]:
-        return PromotionDecision(**base, promoted=True, reason="already the champion")
-    if not rescored and holdouts_differ(candidate, champion):
-        ours, theirs = candidate.tags[HOLDOUT_TAG], champion.tags[HOLDOUT_TAG]
-        reason = f"evaluated on another holdout ({ours[:12]} vs {theirs[:12]}): re-evaluate the champion"
-        return PromotionDecision(**base, promoted=False, reason=reason)
-    needed = base["champion_score"] + margin
-    where = " (champion re-evaluated on this holdout)" if rescored else ""
-    if score >= needed:
-        return PromotionDecision(**base, promoted=True, reason=f"{metric} {score:.4f} >= {needed:.4f}{where}")
-    return PromotionDecision(**base, promoted=False, reason=f"{metric} {score:.4f} < {needed:.4f}{where}")
-
-
-def holdouts_differ(candidate, champion) -> bool:
-    """Whether two versions carry holdout hashes and they differ (their scores are not comparable)."""
-    ours, theirs = candidate.tags.get(HOLDOUT_TAG), champion.tags.get(HOLDOUT_TAG)
-    return bool(ours and theirs and ours != theirs)
-
-
-def _score(model_version, metric: str) -> float:
-    try:
-        return float(model_version.tags[metric])
-    except KeyError:
-        raise ValueError(
-            f"{model_version.name} version {model_version.version} has no {metric!r} tag: "
-            "register it with its evaluation metrics"
-        ) from None
-
-
-def promote(
-    name: str,
-    version: str | int,
-    metric: str = "mean_iou",
-    margin: float = 0.0,
-    alias: str = CHAMPION,
-    rescore: Callable[[str], float] | None = None,
-) -> PromotionDecision:
-    """Give `version` the champion alias if its metric is at least the champion's + `margin`.
-
-    The first version of a model becomes champion. The decision, both scores and the reason are written
-    on the candidate version as ``promotion.*`` tags, whichever way it goes.
-
-    Args:
-        rescore: ``rescore(model_uri)`` → the metric of that model on the candidate's holdout. Called for
-            the champion when it was evaluated on another holdout, which happens whenever the data
-            changed (scheduled retraining adds the corrected pairs): both are then compared on the same
-            photos. Without it such a candidate is refused.
-    """
-    client = _client()
-    candidate = client.get_model_version(name, str(version))
-    champion = champion_version(name, alias)
-    champion_score = None
-    if rescore is not None and champion is not None and holdouts_differ(candidate, champion):
-        champion_score = rescore(f"models:/{name}/{champion.version}")
-    decision = decide(candidate, champion, metric, margin, champion_score)
-    details = {key: value for key, value in asdict(decision).items() if key not in ("name", "version")}
-    record_promotion(name, decision.version, decision.promoted, details, alias)
-    return decision
 
 
 def record_promotion(
