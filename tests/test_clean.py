@@ -18,7 +18,6 @@ from cutout.data.io import encode_image, mask_to_image
 from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED, read_jsonl, read_manifest
 from cutout.data.quality import CONTENT_MISMATCH_BELOW, NEAR_DUPLICATE_BITS, edge_contrast, perceptual_hash
 from cutout.data.synth import generate_pair
-from cutout.demo import on_new_backdrop
 from cutout.platform import storage
 from helpers import tree_digest
 
@@ -263,10 +262,8 @@ def test_swapped_masks_are_told_from_true_ones() -> None:
 def test_a_true_mask_on_a_busy_backdrop_is_kept_when_a_person_checked_it(tmp_path: Path) -> None:
     # A product on bold checks: the backdrop's edges drown the outline's, so the content check takes
     # the true mask for another photo's. Drawn or approved by a reviewer, the pair is kept.
-    rng = np.random.default_rng(3)
     for index in range(40):
-        photo, mask, _ = generate_pair(index, (400, 600), seed=21)
-        busy = on_new_backdrop(photo, mask, rng)
+        busy, mask, _ = generate_pair(index, (400, 600), seed=21, backdrop="checks")
         if edge_contrast(busy, mask) < CONTENT_MISMATCH_BELOW:
             break
     else:

@@ -68,7 +68,7 @@ FRESH = ("raw", "studio", "real-holdout", "calibration", "new-backdrop-holdout",
          "real-photos", "new-backdrop", "cutouts", "report", "feedback", "serving", "mlflow.db",
          "mlartifacts", "calibration-report")  # fmt: skip
 # What earlier versions of the demo made here, removed as well so the folder holds only this run's output.
-FORMER = ("clean", "clustered", "augmented", "checkpoints", "tensorboard", "evaluation", "calibration",
+FORMER = ("clean", "clustered", "augmented", "checkpoints", "tensorboard", "evaluation",
           "run-low-resolution.json", "run-final.json")  # fmt: skip
 RETRAIN_RUN = "retrain"
 
@@ -286,7 +286,7 @@ def _before_after(
         _run_cli("remove", str(data / "images"), "-o", str(out), "--model", f"models:/cutout/{version}",
                  "--mask-only", env=env)  # fmt: skip
         masks[version] = {r["id"]: np.asarray(Image.open(out / f"{r['id']}.png")) >= 128 for r in records}
-    rows, means = [], {}
+    rows = []
     truths = {r["id"]: read_mask(str(data / r["mask"])) for r in records}
     ious = {v: {i: mask_iou(masks[v][i], truth) for i, truth in truths.items()} for v in versions}
     for record in records:
