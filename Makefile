@@ -13,7 +13,7 @@ export CUTOUT_WEIGHTS_CACHE ?= $(HOME)/.cache/cutout/weights
 $(STAMP): pyproject.toml scripts/build-horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade setuptools wheel
-	# torch first, from the local disk (see NOTES.md): a CUDA build that also runs on the CPU
+	# torch first, pinned: the build every other package is resolved against (a CUDA build; it runs on the CPU too)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# checkov pins boto3, packaging and networkx against ours: a venv of its own (tests/test_manifests.py)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Horovod 0.28.1 (the last release) once into a wheel cache outside the repository and install it.
-# Why a patch: its sdist asks for C++14, but torch 2.14 headers need C++20 (see shared NOTES.md).
+# Why a patch: its sdist asks for C++14, but torch 2.14's headers need C++20; the build fails without it.
 set -euo pipefail
 
 VENV_PYTHON=${1:?usage: build-horovod.sh VENV_PYTHON}

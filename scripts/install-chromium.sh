@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Debian's Chromium for the review page's browser test (Playwright drives it, headless).
 # Idempotent: does nothing when /usr/bin/chromium is already there. Playwright's own browser download is
-# not used: only the package registries are reachable (see shared NOTES.md). fonts-dejavu-core: without
+# not used: machines that reach only package registries cannot fetch it. fonts-dejavu-core: without
 # any font a bare machine's screenshots show boxes instead of text.
 set -euo pipefail
 

@@ -268,7 +268,7 @@ def test_the_threshold_round_trips_through_the_registry(small_model, dataset, ml
         run_id = registry.mlflow.active_run().info.run_id
     first = registry.register_model(run_id, "cutout", metrics={"mean_iou": 0.5})
     second = registry.register_model(run_id, "cutout", metrics={"mean_iou": 0.5})
-    registry.promote("cutout", first)
+    registry.record_promotion("cutout", first, True, {"reason": "first model"})
     assert registry.routing_threshold("models:/cutout@champion") is None  # not calibrated yet
 
     runner = CliRunner()

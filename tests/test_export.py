@@ -87,7 +87,8 @@ def test_export_takes_a_registered_model(u2netp_checkpoint, mlflow_local, tmp_pa
     configure_tracking()
     with start_run(run_name="export") as run:
         registry.log_model(str(u2netp_checkpoint), onnx=False)
-    registry.promote("cutout", registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9}))
+    version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
+    registry.record_promotion("cutout", version, True, {"reason": "first model"})
     out = tmp_path / "champion.onnx"
 
     result = CliRunner().invoke(app, ["export", "onnx", "--model", "models:/cutout@champion", "-o", str(out)])

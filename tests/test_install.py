@@ -53,3 +53,20 @@ def test_the_set_up_fetches_the_official_weights_and_replaces_a_damaged_copy(tmp
     fetched.write_bytes(b"damaged")
     assert "Fetching" in fetch().stdout
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == BUILTIN_MODELS["u2netp"].sha256
+
+
+def test_the_project_explains_itself_and_points_at_nothing_outside_it():
+    """A user's clone is all they have: no file refers to a folder beside the repository."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True)
+    outside = []
+    for name in tracked.stdout.splitlines():
+        path = root / name
+        if path.suffix in {".png", ".jpg", ".onnx"} or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        # Spelt in parts, so this test does not find itself.
+        hints = ("../" + "shared", "shared/" + "NOTES", "DESIGN" + ".md")
+        outside += [f"{name}: {hint}" for hint in hints if hint in text]
+    assert not outside
+    assert "docs/architecture.md" in (root / "README.md").read_text()

@@ -606,7 +606,7 @@ def test_the_champion_from_a_local_registry(u2netp_checkpoint: Path, mlflow_loca
     with start_run(run_name="serve") as run:
         registry.log_model(str(u2netp_checkpoint))
     version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
-    assert registry.promote(MODEL, version).promoted
+    registry.record_promotion(MODEL, version, True, {"reason": "first model"})
 
     # In this process, PyTorch on the checkpoint: the alias resolves to its version number.
     remover = BackgroundRemover(MODEL, "models:/cutout@champion", runtime="torch")

@@ -141,7 +141,8 @@ def test_fine_tuning_starts_from_the_registry_champion_or_the_official_weights_w
 
     with start_run(run_name="champion") as run:
         registry.log_model(str(u2netp_checkpoint), onnx=False)
-    registry.promote("cutout", registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9}))
+    version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
+    registry.record_promotion("cutout", version, True, {"reason": "first model"})
     assert pin_pretrained(champion) == "models:/cutout/1"  # the run records which version it started from
     assert pin_pretrained(str(u2netp_checkpoint)) == str(u2netp_checkpoint)
 

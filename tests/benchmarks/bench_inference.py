@@ -1,7 +1,7 @@
 """Inference benchmarks (`make bench`): ms per image for each back end, and `cutout remove` end to end.
 
 Each configuration runs in its own process, so its peak RSS is its own. Weights are random: speed does
-not depend on their values. Figures to compare with are in shared/NOTES.md (2-core AMD EPYC).
+not depend on their values.
 """
 
 from __future__ import annotations
