@@ -24,6 +24,7 @@ MANIFEST_FIELDS = {
     "product_type",
     "source",
     "domain",
+    "backdrop",
     "seed",
     "checksum",
 }
@@ -110,6 +111,7 @@ def _check_dataset(out: str, count: int, size: tuple[int, int], seed: int) -> li
     for record in records:
         assert set(record) == MANIFEST_FIELDS
         assert (record["width"], record["height"], record["source"], record["seed"]) == (*size, "synth", seed)
+        assert (record["domain"], record["backdrop"]) == ("synthetic", "studio")
         assert record["product_type"] in PRODUCT_TYPES
         data = storage.read_bytes(storage.join(out, record["image"]))
         assert hashlib.sha256(data).hexdigest() == record["checksum"]
@@ -165,3 +167,25 @@ def test_cli_synth_writes_the_dataset(tmp_path):
     assert "wrote 6 pairs" in result.output
     with Image.open(tmp_path / "d" / "images" / "synth-000005.jpg") as photo:
         assert photo.size == (64, 96)
+
+
+def _off_median_share(photo: Image.Image, where: np.ndarray) -> float:
+    """The share of the pixels `where` whose colour is far (> 60 of 255 in some channel) from their median."""
+    pixels = np.asarray(photo, dtype=np.float32)[where]
+    return float(np.mean(np.abs(pixels - np.median(pixels, axis=0)).max(axis=1) > 60))
+
+
+def test_the_same_product_on_the_new_checked_backdrop(tmp_path) -> None:
+    """Same mask as on the studio sweep; behind it, bold checks in two colours instead of a plain tone."""
+    for index in range(6):
+        studio, mask, kind = generate_pair(index, (200, 300), seed=4)
+        checks, same_mask, same_kind = generate_pair(index, (200, 300), seed=4, backdrop="checks")
+        assert np.array_equal(mask, same_mask) and kind == same_kind
+        assert _off_median_share(checks, ~mask) > 0.25 > _off_median_share(studio, ~mask)
+
+    summary = synthesize_dataset(str(tmp_path), 3, (64, 96), backdrop="checks", domain="new-backdrop")
+    records = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert summary.count == 3
+    assert {(r["backdrop"], r["domain"]) for r in records} == {("checks", "new-backdrop")}
+    with pytest.raises(ValueError, match="unknown backdrop 'dots': choose one of studio, checks"):
+        generate_pair(0, (64, 64), backdrop="dots")

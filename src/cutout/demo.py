@@ -88,10 +88,9 @@ class DemoSettings:
     clean_size: int = 320  # the clean step's square size
     copies: int = 0  # augmented variants per training pair
     # Fine-tuning the official weights: one epoch at the size they were trained at, batch norm frozen
-    # (cutout.train.batchnorm), Adam at 1e-5 per worker (2e-5 with two). Measured on the real holdout
-    # (official 0.953) and the new-backdrop holdout (0.931): 1e-5 0.936 / 0.941, a gain on the new backdrop
-    # beyond noise; 5e-6 0.946 / 0.930, no gain and still a loss on real photos; 3e-5 (with 200 studio
-    # photos) 0.913 / 0.934. Real photos lose most where a crowd stands behind the subject.
+    # (cutout.train.batchnorm), Adam at 1e-5 per worker (2e-5 with two). Real-photo holdout, official 0.953:
+    # 1e-5 gave 0.937 (and 0.698 → 0.770 on the new backdrop), 5e-6 0.946, 3e-5 0.913: every rate tried
+    # loses on real photos, most where a crowd stands behind the subject, so the gate keeps the champion.
     epochs: int = 1
     input_size: int = 320
     crop: int = 288
