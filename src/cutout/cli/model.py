@@ -78,33 +78,18 @@ def register(
     if (run_id is None) == (model is None):
         raise fail("give either --run-id (a training run's model) or --model (a built-in model), not both")
     if model is not None:
-        version = _register_builtin(model, name)
+        from cutout.model.weights import register_builtin
+
+        try:
+            version = register_builtin(model, name)
+        except ValueError as error:  # not a built-in name, or its file is missing or damaged
+            raise fail(str(error)) from None
     else:
         scores = json.loads(storage.read_text(metrics)) if metrics else {}
         scores = {k: v for k, v in scores.items() if isinstance(v, int | float)}
         version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
     print(version)
     console.print(f"registered {name} version {version}" + (f" ({model})" if model else ""))
-
-
-def _register_builtin(builtin: str, name: str) -> str:
-    import tempfile
-    from pathlib import Path
-
-    from cutout.model.builtin import BUILTIN_MODELS
-    from cutout.model.weights import save_builtin_checkpoint
-    from cutout.platform.registry import register_checkpoint, set_version_tag
-
-    with tempfile.TemporaryDirectory(prefix="cutout-builtin-") as folder:
-        checkpoint = str(Path(folder) / "model.ckpt")
-        try:
-            metadata = save_builtin_checkpoint(builtin, checkpoint)
-        except ValueError as error:  # not a built-in name, or its file is missing or damaged
-            raise fail(str(error)) from None
-        params = {"builtin": builtin, "sha256": BUILTIN_MODELS[builtin].sha256, **metadata}
-        version = register_checkpoint(checkpoint, f"builtin-{builtin}", params, name)
-    set_version_tag(f"models:/{name}/{version}", "builtin", builtin)
-    return version
 
 
 @app.command()

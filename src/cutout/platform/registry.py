@@ -177,7 +177,7 @@ def register_checkpoint(
         The new version number.
     """
     # The project's experiment, whose artifacts sit beside a local store (not in the current folder).
-    with start_run(run_name=run_name, tracking_uri=current_tracking_uri()) as run:
+    with start_run(run_name=run_name) as run:
         mlflow.log_params(dict(params))
         log_model(checkpoint_uri, run.info.run_id)
     return register_model(run.info.run_id, name)
