@@ -33,12 +33,14 @@ def deploy(
         The service's URL on the cluster; empty locally.
     """
     from cutout.pipeline import steps
+    from cutout.platform.names import given_threshold
 
     deployment = steps.Deployment(
         namespace, serve_image, canary_percent if 0 < canary_percent < 100 else None
     )
-    threshold = routing_threshold if routing_threshold >= 0 else None
     out = steps.run_folder(data_uri, work_uri, run_id, "deploy")
-    done = steps.deploy(model_uri, feedback_uri, threshold, out, deployment, on_cluster=not local)
+    done = steps.deploy(
+        model_uri, feedback_uri, given_threshold(routing_threshold), out, deployment, on_cluster=not local
+    )
     print(f"deployment: {done}")
     return done.get("url") or ""

@@ -50,9 +50,11 @@ def train(
     from cutout.pipeline import steps
 
     src = data.metadata["uri"]
-    settings = steps.TrainSettings(model_variant, epochs, batch_size, lr, input_size, crop, warmup_epochs,
-                                   low_res_epochs, low_res_size, low_res_lr, workers=workers,
-                                   pretrained=pretrained)  # fmt: skip
+    settings = steps.TrainSettings(
+        model=model_variant, epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, crop=crop,
+        warmup_epochs=warmup_epochs, low_res_epochs=low_res_epochs, low_res_size=low_res_size,
+        low_res_lr=low_res_lr, workers=workers, pretrained=pretrained,
+    )  # fmt: skip
     cluster = None
     if not local:
         cluster = steps.ClusterTraining(steps.job_name(run_id), namespace, train_image, gpus_per_worker,

@@ -25,12 +25,17 @@ from components.merge import merge_feedback
 from components.outcome import record_outcome
 from components.register_and_promote import register_and_promote
 from components.train import train
+from cutout.pipeline.steps import TrainSettings
+from cutout.platform.names import CALIBRATED
 
 PIPELINE_NAME = "cutout-training"
 MLFLOW_SECRET, S3_SECRET = "cutout-mlflow", "cutout-s3"
 # Defaults: the EKS on-demand preset of `cutout.platform.mpijob.NODE_POOLS` (GKE and Karpenter: see there).
 ON_DEMAND_GPU_NODES = {"eks.amazonaws.com/capacityType": "ON_DEMAND"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+TRAINING = (
+    TrainSettings()
+)  # the training parameters' defaults: `cutout train`'s (TrainConfig) and the stages'
 
 
 def _on_platform(task: dsl.PipelineTask, retries: int = 0) -> dsl.PipelineTask:
@@ -54,30 +59,30 @@ def cutout_training_pipeline(
     data_uri: str,
     feedback_uri: str = "",
     work_uri: str = "",
-    model_variant: str = "u2netp",
+    model_variant: str = TRAINING.model,
     clean_size: int = 320,
     clusters: int = 6,
     val_fraction: float = 0.1,
     cluster_overrides: str = "",
     augment_copies: int = 2,
-    epochs: int = 30,
-    batch_size: int = 10,
-    lr: float = 3e-5,
-    warmup_epochs: float = 1.0,
-    input_size: int = 320,
-    crop: int = 288,
-    low_res_epochs: int = 0,
-    low_res_size: int = 160,
-    low_res_lr: float = 2e-3,
-    pretrained: str = "u2netp",
-    workers: int = 2,
+    epochs: int = TRAINING.epochs,
+    batch_size: int = TRAINING.batch_size,
+    lr: float = TRAINING.lr,
+    warmup_epochs: float = TRAINING.warmup_epochs,
+    input_size: int = TRAINING.input_size,
+    crop: int = TRAINING.crop,
+    low_res_epochs: int = TRAINING.low_res_epochs,
+    low_res_size: int = TRAINING.low_res_size,
+    low_res_lr: float = TRAINING.low_res_lr,
+    pretrained: str = TRAINING.pretrained,
+    workers: int = TRAINING.workers,
     gpus_per_worker: int = 1,
     gpu_node_selector: dict = ON_DEMAND_GPU_NODES,
     gpu_tolerations: list = GPU_TOLERATIONS,
     namespace: str = "cutout",
     train_image: str = "",
     train_timeout_s: float = 86_400.0,
-    routing_threshold: float = -1.0,
+    routing_threshold: float = CALIBRATED,
     promotion_margin: float = 0.0,
     real_holdout_uri: str = "",
     extra_holdout_uris: str = "",

@@ -18,22 +18,18 @@ import yaml
 from kfp.dsl import HTML, Dataset, Metrics, Model, PipelineTaskFinalStatus
 from PIL import Image
 
+from components.augment import augment
+from components.clean import clean
+from components.cluster import cluster
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.merge import merge_feedback
+from components.outcome import record_outcome
+from components.register_and_promote import register_and_promote
+from components.train import train
 from cutout.data.manifest import read_jsonl, read_manifest
 from cutout.data.synth import synthesize_dataset
-from cutout.platform.pipelines import load_pipeline
 from cutout.serve.feedback import write_pair
-
-load_pipeline()  # puts the checkout's components/ on the import path when it is not installed
-
-from components.augment import augment  # noqa: E402
-from components.clean import clean  # noqa: E402
-from components.cluster import cluster  # noqa: E402
-from components.deploy import deploy  # noqa: E402
-from components.evaluate import evaluate  # noqa: E402
-from components.merge import merge_feedback  # noqa: E402
-from components.outcome import record_outcome  # noqa: E402
-from components.register_and_promote import register_and_promote  # noqa: E402
-from components.train import train  # noqa: E402
 
 RUN = "run-1"
 TRAIN = {"model_variant": "u2netp", "epochs": 1, "batch_size": 2, "lr": 2e-3, "warmup_epochs": 0.1,

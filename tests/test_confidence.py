@@ -26,6 +26,7 @@ from cutout.model.inference import preprocess, upscale_probabilities
 from cutout.model.weights import load_model, save_checkpoint
 from cutout.platform import registry
 from cutout.platform.tracking import start_run
+from cutout.train import logged_model
 
 NET = 96  # the network resolution of the degraded maps
 MODEL_SIZE = 64  # the small model's input size, to keep the calibration tests fast
@@ -264,7 +265,7 @@ def test_calibration_figures_agree_with_its_per_image_data(small_model, dataset,
 
 def test_the_threshold_round_trips_through_the_registry(small_model, dataset, mlflow_local):
     with start_run(run_name="calibration"):
-        registry.log_model(small_model, onnx=False)
+        logged_model.log_model(small_model, onnx=False)
         run_id = registry.mlflow.active_run().info.run_id
     first = registry.register_model(run_id, "cutout", metrics={"mean_iou": 0.5})
     second = registry.register_model(run_id, "cutout", metrics={"mean_iou": 0.5})

@@ -83,10 +83,11 @@ def test_export_takes_a_registered_model(u2netp_checkpoint, mlflow_local, tmp_pa
     """`cutout export onnx --model models:/cutout@champion`: every model reference, not only files."""
     from cutout.platform import registry
     from cutout.platform.tracking import configure_tracking, start_run
+    from cutout.train import logged_model
 
     configure_tracking()
     with start_run(run_name="export") as run:
-        registry.log_model(str(u2netp_checkpoint), onnx=False)
+        logged_model.log_model(str(u2netp_checkpoint), onnx=False)
     version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
     registry.record_promotion("cutout", version, True, {"reason": "first model"})
     out = tmp_path / "champion.onnx"

@@ -24,6 +24,7 @@ import yaml
 from cutout.platform.inference_service import InferenceServiceConfig, build_inference_service
 from cutout.platform.mpijob import MPIJobConfig, TrainingArgs, build_mpijob
 from cutout.platform.sdk_models import UnknownFieldError, parse_resource, to_dict
+from cutout.train.config import TrainConfig, on_cluster_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -255,7 +256,9 @@ def test_base_images_are_the_builders_defaults(rendered):
 
 def training_job() -> dict:
     """The MPIJob the pipeline creates at run time (its pods live in the same namespace)."""
-    args = TrainingArgs("s3://cutout/prepared", "s3://cutout/ckpt/run", "s3://cutout/runs/run.json")
+    training = TrainConfig("s3://cutout/prepared", checkpoint_dir="s3://cutout/ckpt/run",
+                           run_info="s3://cutout/runs/run.json")  # fmt: skip
+    args = TrainingArgs(tuple(on_cluster_ranks(training, gpus=True).to_argv()))
     return to_dict(build_mpijob(args, MPIJobConfig()))
 
 

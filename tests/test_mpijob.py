@@ -21,13 +21,15 @@ from cutout.platform.kube import MPIJOBS, current_namespace
 from cutout.platform.launcher import StepFailed, run_mpijob
 from cutout.platform.pods import Secrets
 from cutout.platform.sdk_models import UnknownFieldError, from_dict, parse_resource, to_dict
+from cutout.train.config import TrainConfig, on_cluster_ranks
 from helpers import assert_field_refused
 
-ARGS = mpijob.TrainingArgs(
+TRAINING = TrainConfig(
     data="s3://cutout/datasets/augmented", checkpoint_dir="s3://cutout/runs/r1/checkpoints",
     run_info="s3://cutout/runs/r1/run.json", model="u2netp", epochs=12, batch_size=16,
-    extra=("--lr", "0.002"),
 )  # fmt: skip
+# As `cutout platform mpijob` builds it: the config for GPU ranks, then a flag passed through as it is.
+ARGS = mpijob.TrainingArgs((*on_cluster_ranks(TRAINING, gpus=True).to_argv(), "--lr", "0.002"))
 CONFIG = mpijob.MPIJobConfig(name="train-r1", namespace="team-a", image="registry.example/cutout-train:1.2",
                              workers=3, gpus_per_worker=4)  # fmt: skip
 
@@ -111,14 +113,15 @@ def test_the_training_arguments_reach_cutout_train_as_its_own_parser_reads_them(
     start = command.index("python")
     assert command[start : start + 3] == ["python", "-m", "cutout.train"]
     args = get_args_parser().parse_args(command[start + 3 :])
-    assert (args.data, args.model, args.epochs, args.batch_size) == (ARGS.data, "u2netp", 12, 16)
-    assert (args.checkpoint_dir, args.run_info) == (ARGS.checkpoint_dir, ARGS.run_info)
+    assert (args.data, args.model, args.epochs, args.batch_size) == (TRAINING.data, "u2netp", 12, 16)
+    assert (args.checkpoint_dir, args.run_info) == (TRAINING.checkpoint_dir, TRAINING.run_info)
     assert args.resume and args.device == "cuda" and args.lr == 0.002
     assert args.workers == 1  # the local shortcut stays off: mpirun places the ranks
 
 
 def test_cpu_only_workers_run_one_rank_each_without_gpu_limits():
-    job = _job(gpus_per_worker=0, workers=2)
+    job = _job(mpijob.TrainingArgs(tuple(on_cluster_ranks(TRAINING, gpus=False).to_argv())),
+               gpus_per_worker=0, workers=2)  # fmt: skip
     launcher = _container(job, "Launcher")
     assert job["spec"]["slotsPerWorker"] == 1
     assert launcher["args"][:2] == ["-np", "2"] and "--device" not in launcher["args"]
@@ -194,8 +197,9 @@ def test_tolerations_parse_from_the_taint_syntax():
 
 # --- `cutout platform mpijob --dry-run` ---
 
-CLI_ARGS = ["platform", "mpijob", "--dry-run", "--data", ARGS.data, "--checkpoint-dir", ARGS.checkpoint_dir,
-            "--run-info", ARGS.run_info, "--model", "u2netp", "--epochs", "12", "--batch-size", "16",
+CLI_ARGS = ["platform", "mpijob", "--dry-run", "--data", TRAINING.data, "--checkpoint-dir",
+            TRAINING.checkpoint_dir, "--run-info", TRAINING.run_info, "--model", "u2netp", "--epochs", "12",
+            "--batch-size", "16",
             "--train-arg", "--lr", "--train-arg", "0.002", "--name", "train-r1", "--namespace", "team-a",
             "--image", "registry.example/cutout-train:1.2", "--workers", "3",
             "--gpus-per-worker", "4"]  # fmt: skip

@@ -17,8 +17,9 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from mlflow.tracking import MlflowClient
 
 from cutout.data.synth import synthesize_dataset
-from cutout.pipeline.cron import CronError, validate_cron
 from cutout.platform import pipelines as client
+from cutout.platform.cron import CronError, validate_cron
+from pipelines.training import cutout_training_pipeline
 
 STEPS = {
     "merge-feedback",
@@ -168,15 +169,16 @@ def test_run_refuses_an_unknown_or_mistyped_parameter_with_a_message(tmp_path):
 
 
 def test_parameters_are_typed_as_the_pipeline_declares_them():
-    arguments = client.parse_params(["epochs=3", "lr=0.01", "deploy_model=false",
-                                     'gpu-node-selector={"a": "b"}',
-                                     'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]'])  # fmt: skip
+    parameters = client.pipeline_parameters(cutout_training_pipeline)
+    given = ["epochs=3", "lr=0.01", "deploy_model=false", 'gpu-node-selector={"a": "b"}',
+             'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]']  # fmt: skip
+    arguments = client.parse_params(given, parameters)
     assert arguments == {"epochs": 3, "lr": 0.01, "deploy_model": False, "gpu_node_selector": {"a": "b"},
                          "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}]}  # fmt: skip
     with pytest.raises(ValueError, match=r"gpu_node_selector.*dict expected"):
-        client.parse_params(["gpu_node_selector=[1]"])
+        client.parse_params(["gpu_node_selector=[1]"], parameters)
     with pytest.raises(ValueError, match="not name=value"):
-        client.parse_params(["epochs"])
+        client.parse_params(["epochs"], parameters)
 
 
 # --- the recurring run's schedule -------------------------------------------------------------------

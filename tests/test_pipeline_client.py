@@ -18,9 +18,10 @@ import yaml
 from google.protobuf.json_format import ParseDict, ParseError
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cutout.pipeline.cron import CronError
 from cutout.platform import pipelines as client
+from cutout.platform.cron import CronError
 from fake_http import LocalHTTPServer
+from pipelines.training import cutout_training_pipeline
 
 API = "/apis/v2beta1"
 
@@ -106,7 +107,7 @@ def kfp_server() -> Iterator[FakeKFP]:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    return client.compile_pipeline(tmp_path_factory.mktemp("package") / "cutout-training.yaml")
+    return client.compile_pipeline(cutout_training_pipeline, tmp_path_factory.mktemp("pkg") / "training.yaml")
 
 
 ARGUMENTS = {"data_uri": "s3://cutout/raw", "feedback_uri": "s3://cutout/feedback", "epochs": 12,
@@ -127,7 +128,7 @@ def test_submit_creates_the_experiment_once_and_starts_a_run_with_the_arguments(
 
 
 def test_submit_without_a_package_compiles_the_pipeline_first(kfp_server):
-    client.submit(client.connect(kfp_server.url), ARGUMENTS)
+    client.submit(client.connect(kfp_server.url), ARGUMENTS, cutout_training_pipeline)
     (run,) = kfp_server.runs
     assert "exec-train" in run["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
 

@@ -23,7 +23,9 @@ from cutout.model.inference import predict_probabilities
 from cutout.model.loader import load_predictor
 from cutout.model.weights import load_model, save_checkpoint
 from cutout.platform import registry
+from cutout.platform.names import CHAMPION, CHAMPION_URI, ModelRef, is_registry_uri, version_uri
 from cutout.platform.tracking import configure_tracking, start_run
+from cutout.train import logged_model
 from helpers import official_state_dict, product_photo
 
 INPUT_SIZE = 160  # small, to keep the test fast; it travels in the checkpoint
@@ -44,7 +46,7 @@ def runs(mlflow_server, u2netp_weights, tmp_path_factory) -> dict[str, str]:
                 checkpoint = folder / f"{label}.ckpt"
                 save_checkpoint(checkpoint, model, "u2netp", input_size=INPUT_SIZE)
                 with start_run(run_name=label) as run:
-                    registry.log_model(str(checkpoint), onnx=onnx)
+                    logged_model.log_model(str(checkpoint), onnx=onnx)
                 ids[label] = run.info.run_id
                 ids[f"{label}_checkpoint"] = str(checkpoint)
         finally:
@@ -144,3 +146,23 @@ def test_register_refuses_an_unknown_builtin_name_in_one_line(mlflow_tracking):
 
 def test_no_champion_for_an_unknown_model(mlflow_tracking):
     assert registry.champion_version(f"missing-{uuid.uuid4().hex[:8]}") is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "ref"),
+    [
+        ("models:/cutout@champion", ModelRef(alias="champion")),
+        ("models:/cutout/7", ModelRef(version="7")),
+        ("models:/studio-shoes@challenger", ModelRef("studio-shoes", alias="challenger")),
+    ],
+)
+def test_a_model_reference_reads_back_as_written(uri, ref):
+    assert ModelRef.parse(uri) == ref and str(ref) == uri
+    assert str(ModelRef(alias=CHAMPION)) == CHAMPION_URI == "models:/cutout@champion"
+    assert version_uri(3) == "models:/cutout/3" and is_registry_uri(uri) and not is_registry_uri("u2netp")
+
+
+@pytest.mark.parametrize("uri", ["models:/cutout", "models:/@champion", "models:/cutout/", "u2netp", "x.pt"])
+def test_a_reference_naming_no_version_is_refused_with_the_forms_it_takes(uri):
+    with pytest.raises(ValueError, match="models:/NAME/VERSION or models:/NAME@ALIAS"):
+        ModelRef.parse(uri)

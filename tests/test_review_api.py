@@ -19,16 +19,12 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from cutout.cli import app as cli_app
+from cutout.data.feedback_store import CORRECTED_STORE, REVIEW_REJECTED, pending_uri
+from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED
 from cutout.platform import storage
 from cutout.review.app import check_binding, create_app
-from cutout.review.queue import (
-    CORRECTED_STORE,
-    REVIEW_REJECTED,
-    SOURCE_ACCEPTED,
-    SOURCE_CORRECTED,
-    ReviewQueue,
-)
-from cutout.serve.feedback import list_pending, merge_records, pending_uri, write_review_item
+from cutout.review.queue import ReviewQueue
+from cutout.serve.feedback import list_pending, merge_records, write_review_item
 from helpers import product_photo
 
 W, H = 60, 80

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from cutout.data.feedback_store import CORRECTED_STORE
+from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED
 from cutout.platform import storage
-from cutout.review.queue import CORRECTED_STORE, SOURCE_ACCEPTED, SOURCE_CORRECTED
 from cutout.serve.feedback import list_pending, write_review_item
 from helpers import product_photo
 from serving import Server, free_port, running

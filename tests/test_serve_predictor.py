@@ -601,10 +601,11 @@ def test_trimming_gives_the_holes_of_a_fragmented_heap_back() -> None:
 def test_the_champion_from_a_local_registry(u2netp_checkpoint: Path, mlflow_local: Path) -> None:
     from cutout.platform import registry
     from cutout.platform.tracking import configure_tracking, start_run
+    from cutout.train import logged_model
 
     configure_tracking()
     with start_run(run_name="serve") as run:
-        registry.log_model(str(u2netp_checkpoint))
+        logged_model.log_model(str(u2netp_checkpoint))
     version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
     registry.record_promotion(MODEL, version, True, {"reason": "first model"})
 

@@ -28,6 +28,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from PIL import Image
 
+from cutout.data import feedback_store
 from cutout.data.io import read_image
 from cutout.platform import storage
 from cutout.serve import feedback, local, transformer
@@ -119,7 +120,7 @@ def records_of(store: str, request_id: str, count: int, timeout: float = 30.0) -
     """The retraining store's records for one request, once all `count` are written."""
     deadline = time.monotonic() + timeout
     while True:
-        uris = storage.list_files(storage.join(store, feedback.RECORDS), suffixes=(".json",))
+        uris = storage.list_files(feedback_store.records_uri(store), suffixes=(".json",))
         found = [json.loads(storage.read_bytes(uri)) for uri in uris]
         mine = [record for record in found if record["request_id"] == request_id]
         if len(mine) >= count or time.monotonic() > deadline:
@@ -424,8 +425,9 @@ def test_the_threshold_defaults_to_the_one_stored_on_the_model_version(mlflow_lo
     from mlflow.tracking import MlflowClient
 
     from cutout.platform import registry
+    from cutout.platform.names import UNCALIBRATED_THRESHOLD
     from cutout.platform.tracking import configure_tracking
-    from cutout.serve.transformer import DEFAULT_THRESHOLD, FeedbackTransformer
+    from cutout.serve.transformer import FeedbackTransformer
 
     configure_tracking()
     client = MlflowClient()
@@ -438,6 +440,6 @@ def test_the_threshold_defaults_to_the_one_stored_on_the_model_version(mlflow_lo
         return [await model.threshold_for(MODEL, asked) for asked in (version, "99", "u2netp.ckpt-0a1b2c")]
 
     # Calibrated; a version the registry does not know; a model file, which has no version to ask about.
-    assert asyncio.run(thresholds()) == [0.7, DEFAULT_THRESHOLD, DEFAULT_THRESHOLD]
+    assert asyncio.run(thresholds()) == [0.7, UNCALIBRATED_THRESHOLD, UNCALIBRATED_THRESHOLD]
     fixed = FeedbackTransformer(MODEL, "127.0.0.1:1", str(mlflow_local / "feedback"), threshold=0.25)
     assert asyncio.run(fixed.threshold_for(MODEL, version)) == 0.25

@@ -9,6 +9,7 @@ import re
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from cutout.data.manifest import manifest_hash
 from cutout.platform import storage, tracking
 
 
@@ -36,7 +37,7 @@ def test_a_run_is_readable_back_from_the_local_default(mlflow_local, s3_bucket):
     storage.write_text(f"{s3_bucket}/report/metrics.json", "{}")
     storage.write_bytes(f"{s3_bucket}/report/worst/0.png", b"png")
 
-    tags = tracking.run_tags(dataset, variant="u2netp")
+    tags = tracking.run_tags(manifest_hash(dataset), variant="u2netp")
     with tracking.start_run(run_name="tiny", tags=tags) as run:
         tracking.log_params({"epochs": 3, "lr": 0.001, "model": "u2netp"})
         for epoch in range(3):

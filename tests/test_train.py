@@ -29,6 +29,10 @@ TINY = [
     "56",
     "--loader-workers",
     "0",
+    "--pretrained",  # the Horovod mechanics, from scratch at its rate: fine-tuning has its own tests
+    "none",
+    "--lr",
+    "1e-3",
 ]
 
 
@@ -128,6 +132,7 @@ def test_fine_tuning_starts_from_the_registry_champion_or_the_official_weights_w
 ):
     from cutout.platform import registry
     from cutout.platform.tracking import start_run
+    from cutout.train import logged_model
     from cutout.train.train import load_pretrained, pin_pretrained
 
     champion = "models:/cutout@champion"
@@ -140,7 +145,7 @@ def test_fine_tuning_starts_from_the_registry_champion_or_the_official_weights_w
         load_pretrained("models:/cutout/7", "u2netp")  # a version that does not exist is an error
 
     with start_run(run_name="champion") as run:
-        registry.log_model(str(u2netp_checkpoint), onnx=False)
+        logged_model.log_model(str(u2netp_checkpoint), onnx=False)
     version = registry.register_model(run.info.run_id, metrics={"mean_iou": 0.9})
     registry.record_promotion("cutout", version, True, {"reason": "first model"})
     assert pin_pretrained(champion) == "models:/cutout/1"  # the run records which version it started from
@@ -178,7 +183,8 @@ def test_find_batch_size_reports_a_number():
 def test_training_is_tracked_in_mlflow(data, mlflow_local):
     from mlflow.tracking import MlflowClient
 
-    from cutout.platform.tracking import configure_tracking, manifest_hash
+    from cutout.data.manifest import manifest_hash
+    from cutout.platform.tracking import configure_tracking
 
     args = [a for a in train_args(data, mlflow_local, 2) if a != "--no-tracking"]
     args += ["--run-info", str(mlflow_local / "run.json")]

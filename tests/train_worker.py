@@ -8,7 +8,7 @@ import torch
 
 from cutout.train.distributed import init
 from cutout.train.engine import evaluate
-from cutout.train.train import get_args_parser, train
+from cutout.train.train import parse_args, train
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -20,7 +20,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 if __name__ == "__main__":
-    training, history = train(get_args_parser().parse_args(sys.argv[1:]))
+    training, history = train(parse_args(sys.argv[1:]))
     # This rank's shard only, summed over the validation domains.
     scores = [evaluate(training.model, loader, training.device) for loader in training.val_loaders.values()]
     local = {name: sum(score[name] for score in scores) for name in scores[0]}

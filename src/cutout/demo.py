@@ -23,8 +23,9 @@ Everything runs as a user would run it, as `cutout` commands:
 7. Before and after: the new-backdrop holdout cut out by the first champion and by the new version, on
    the same page.
 
-The work folder is made afresh on every run, its MLflow store (`<workdir>/mlflow.db`, `mlartifacts/`)
-included: each run tells the whole story from the official weights.
+The work folder is made afresh on every run. The registry is the one every `cutout` command reads by
+default (`.cutout/mlflow.db` of the current directory), so the README's commands work on it afterwards; it
+starts empty too, and a registry that was there before is moved aside, never deleted.
 """
 
 from __future__ import annotations
@@ -49,12 +50,23 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
+from cutout.data.feedback_store import AUTO, record_files, store_uri
+from cutout.data.gallery import GalleryRow, GallerySection, write_sections
 from cutout.data.io import encode_image, mask_to_image, read_image, read_mask
 from cutout.data.manifest import copy_pairs, read_jsonl, read_manifest
 from cutout.data.real import REAL_PHOTOS
 from cutout.data.synth import generate_pair
-from cutout.evaluate.gallery import GalleryRow, GallerySection, write_sections
 from cutout.evaluate.metrics import mask_iou
+from cutout.platform import storage
+from cutout.platform.names import (
+    CALIBRATED,
+    CHAMPION_URI,
+    ROUTING_THRESHOLD_TAG,
+    given_threshold,
+    version_uri,
+)
+from cutout.platform.tracking import local_dir, local_tracking_uri
+from cutout.serve.feedback import RETRAIN, REVIEW, list_pending
 from cutout.serve.local import start_local_service, terminate, wait_until_ready
 
 console = Console(soft_wrap=True)  # whole lines: paths and figures stay readable at any width
@@ -65,11 +77,13 @@ NEW_BACKDROP_SEED = 30_000  # the served new-backdrop products; the holdout's co
 NEW_BACKDROP_DOMAIN = "new-backdrop"
 REVIEWER = "demo"
 FRESH = ("raw", "studio", "real-holdout", "calibration", "new-backdrop-holdout", "kfp", "runs", "photos",
-         "real-photos", "new-backdrop", "cutouts", "report", "feedback", "serving", "mlflow.db",
-         "mlartifacts", "calibration-report")  # fmt: skip
+         "real-photos", "new-backdrop", "cutouts", "report", "feedback", "serving",
+         "calibration-report")  # fmt: skip
 # What earlier versions of the demo made here, removed as well so the folder holds only this run's output.
-FORMER = ("clean", "clustered", "augmented", "checkpoints", "tensorboard", "evaluation",
-          "run-low-resolution.json", "run-final.json")  # fmt: skip
+FORMER = ("clean", "clustered", "augmented", "checkpoints", "tensorboard", "evaluation", "mlflow.db",
+          "mlartifacts", "run-low-resolution.json", "run-final.json")  # fmt: skip
+# The local registry (`cutout.platform.tracking.local_tracking_uri`) and its artifacts.
+STORE_FILES = ("mlflow.db", "mlartifacts")
 RETRAIN_RUN = "retrain"
 
 
@@ -102,7 +116,7 @@ class DemoSettings:
     served: int = 12  # of the held-out studio photos, those sent through the local KServe servers
     new_backdrop: int = 24  # products on the studio's new backdrop, sent through them too
     new_backdrop_holdout: int = 16  # more, never served: where the gate measures what the corrections taught
-    threshold: float = -1.0  # the routing threshold; negative: the champion's calibrated one
+    threshold: float = CALIBRATED  # the routing threshold; CALIBRATED (negative): the champion's own
 
 
 @dataclass
@@ -282,7 +296,7 @@ def _before_after(
     masks: dict[str, dict[str, np.ndarray]] = {}
     for version in versions:
         out = w / "cutouts" / f"new-backdrop-v{version}"
-        _run_cli("remove", str(data / "images"), "-o", str(out), "--model", f"models:/cutout/{version}",
+        _run_cli("remove", str(data / "images"), "-o", str(out), "--model", version_uri(version),
                  "--mask-only", env=env)  # fmt: skip
         masks[version] = {r["id"]: np.asarray(Image.open(out / f"{r['id']}.png")) >= 128 for r in records}
     rows = []
@@ -314,11 +328,24 @@ def _fresh_workdir(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def _environment(workdir: Path) -> dict[str, str]:
-    # The demo's own MLflow store: a sqlite file with its artifacts beside it. No review token: the review
-    # server listens on 127.0.0.1 only, where it needs none.
+def _fresh_registry(root: Path) -> None:
+    """Move a registry an earlier run (or the user) left in ``<root>/.cutout`` aside, and say where."""
+    store = local_dir(root)
+    found = [store / name for name in STORE_FILES if (store / name).exists()]
+    if found:
+        aside = store / "previous" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True)
+        for path in found:
+            path.rename(aside / path.name)
+        console.print(f"the registry that was in {store} is now in {aside} (its artifacts' paths point back "
+                      "there: move both back to use it again)", highlight=False)  # fmt: skip
+
+
+def _environment(root: Path) -> dict[str, str]:
+    # The registry every command reads without MLFLOW_TRACKING_URI: what the demo leaves, the README's
+    # commands find. No review token: the review server listens on 127.0.0.1 only, where it needs none.
     env = {key: value for key, value in os.environ.items() if key != "CUTOUT_REVIEW_TOKEN"}
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir.absolute() / 'mlflow.db'}"}
+    return {**env, "MLFLOW_TRACKING_URI": local_tracking_uri(root)}
 
 
 def _mlflow(env: dict[str, str]):
@@ -337,7 +364,7 @@ def _pipeline_params(w: Path, s: DemoSettings, label: str) -> dict[str, object]:
             "model_variant": "u2netp", "clean_size": s.clean_size, "val_fraction": 0.15,
             "augment_copies": s.copies, "low_res_epochs": 0, "epochs": s.epochs, "input_size": s.input_size,
             "crop": s.crop, "lr": s.lr, "warmup_epochs": 0.1, "batch_size": s.batch_size,
-            "workers": s.workers, "pretrained": "models:/cutout@champion",
+            "workers": s.workers, "pretrained": CHAMPION_URI,
             "real_holdout_uri": w / "real-holdout",
             "extra_holdout_uris": w / "new-backdrop-holdout"}  # fmt: skip
 
@@ -354,7 +381,7 @@ def _run_pipeline(w: Path, params: dict[str, object], env: dict[str, str]) -> Pi
     (found,) = client.search_model_versions(f"run_id = '{final['run_id']}'")
     version = client.get_model_version(found.name, found.version)
     tags = version.tags
-    threshold = tags.get("routing_threshold")
+    threshold = tags.get(ROUTING_THRESHOLD_TAG)
     intervals = {key[len("promotion.") : -len("_interval")]: value for key, value in tags.items()
                  if key.startswith("promotion.") and key.endswith("_interval")}  # fmt: skip
     pretrained = client.get_run(final["run_id"]).data.params.get("pretrained", "")
@@ -393,16 +420,17 @@ def _ask_for_cutout(url: str, photo: Path) -> dict:
 def _champion(env: dict[str, str]) -> tuple[str, float | None]:
     """The champion's version and its calibrated routing threshold (None if it has none)."""
     champion = _mlflow(env).get_model_version_by_alias("cutout", "champion")
-    threshold = champion.tags.get("routing_threshold")
+    threshold = champion.tags.get(ROUTING_THRESHOLD_TAG)
     return str(champion.version), float(threshold) if threshold else None
 
 
 def _destinations(feedback: Path) -> dict[str, str]:
     """Where the transformer put each photo, by request id (the photo's name): `retrain` or `review`."""
-    found, patterns = {}, {"retrain": "retrain/auto/records/*.json", "review": "review/pending/*/item.json"}
-    for kind, pattern in patterns.items():
-        for path in feedback.glob(pattern):
-            found[json.loads(path.read_text()).get("request_id", path.stem)] = kind
+    root, found = str(feedback), {}
+    for uri in record_files(store_uri(root, AUTO)):
+        found[json.loads(storage.read_bytes(uri))["request_id"]] = RETRAIN
+    for item in list_pending(root):
+        found[item["request_id"]] = REVIEW
     return found
 
 
@@ -414,7 +442,7 @@ def _serve(w: Path, photos: list[Path], s: DemoSettings, env: dict[str, str]) ->
     """
     feedback, port = w / "feedback", _free_port()
     version, calibrated = _champion(env)
-    fixed = s.threshold >= 0
+    fixed = given_threshold(s.threshold) is not None
     option = f" --threshold {s.threshold}" if fixed else ""
     console.print(f"$ cutout serve local --feedback-uri {feedback} --port {port}{option}", style="cyan",
                   highlight=False)  # fmt: skip
@@ -545,7 +573,7 @@ def _start_registry(w: Path, s: DemoSettings, env: dict[str, str], result: DemoR
     """Register the built-in model, calibrate its routing threshold on studio photos, make it champion."""
     output = _run_cli("register", "--model", s.start_from, env=env, capture=True)
     result.first_version = output.strip().splitlines()[-1]
-    _run_cli("calibrate-threshold", "--model", f"models:/cutout/{result.first_version}", "--data",
+    _run_cli("calibrate-threshold", "--model", version_uri(result.first_version), "--data",
              str(w / "calibration"), "--out", str(w / "calibration-report"), env=env)  # fmt: skip
     _run_cli("promote", "--version", result.first_version, env=env)
     result.first_threshold = _champion(env)[1]
@@ -601,11 +629,16 @@ def _say_results(w: Path, result: DemoResult, env: dict[str, str], started: floa
     console.print("time: " + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in result.seconds.items()))
 
 
-def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> DemoResult:
-    """Run every step of the demo inside `workdir`, print where the results are and how long each took."""
+def run_demo(workdir: Path, settings: DemoSettings = DemoSettings(), root: Path | None = None) -> DemoResult:
+    """Run every step of the demo inside `workdir`, print where the results are and how long each took.
+
+    The registry is the local default of `root` (the current directory): ``<root>/.cutout/mlflow.db``.
+    """
     started, s, w, result = time.perf_counter(), settings, workdir, DemoResult()
+    root = Path.cwd() if root is None else root
     _fresh_workdir(w)
-    env = _environment(w)
+    _fresh_registry(root)
+    env = _environment(root)
     with _timed(result, "data"):
         _step(f"1. Data: {s.pairs} studio photos (synthetic) and the real photos cutout ships")
         _make_data(w, s, env)
@@ -620,7 +653,7 @@ def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> DemoResu
         truths = _held_out_photos(photos, s.held_out, seed=HELD_OUT_SEED)
         real = _real_photos(w, s.real_shown)
         _run_cli("remove", str(photos), str(w / "real-photos"), "-o", str(cutouts), "--model",
-                 "models:/cutout@champion", env=env)  # fmt: skip
+                 CHAMPION_URI, env=env)  # fmt: skip
         studio_rows, result.mean_iou = _cutout_rows(photos, cutouts, truths)
         real_rows, result.real_iou = _cutout_rows(w / "real-photos", cutouts, real)
         console.print(f"mean IoU: studio {result.mean_iou:.3f}, real {result.real_iou:.3f}", highlight=False)

@@ -16,11 +16,10 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from cutout.compose import Color, alpha_from_probabilities, compose_cutout
-from cutout.data.io import ImageError, encode_image, read_image
+from cutout.data.io import PHOTO_SUFFIXES, ImageError, encode_image, read_image
 from cutout.model.inference import MaskPredictor, predict_probabilities
 from cutout.platform import storage
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
@@ -81,7 +80,7 @@ def _has_glob(text: str) -> bool:
 
 def _folder_photos(folder: str) -> Iterator[InputPhoto]:
     prefix = folder.rstrip("/") + "/"
-    for uri in storage.list_files(folder, suffixes=IMAGE_SUFFIXES):
+    for uri in storage.list_files(folder, suffixes=PHOTO_SUFFIXES):
         relative = uri[len(prefix) :] if uri.startswith(prefix) else os.path.relpath(uri, folder)
         yield InputPhoto(uri, str(PurePosixPath(relative).with_suffix("")))
 
@@ -97,7 +96,7 @@ def _expand(argument: str) -> Iterator[InputPhoto]:
     elif (storage.is_s3(argument) and not storage.exists(argument)) or os.path.isdir(argument):
         found = list(_folder_photos(argument))
         if not found:
-            raise FileNotFoundError("no photos (" + ", ".join(IMAGE_SUFFIXES) + ") under this folder")
+            raise FileNotFoundError("no photos (" + ", ".join(PHOTO_SUFFIXES) + ") under this folder")
         yield from found
     elif storage.is_s3(argument) or os.path.isfile(argument):
         yield _single(argument)

@@ -27,8 +27,8 @@ from tests.benchmarks.measure import measure_in_subprocess, parse_bench_args, ru
 
 from cutout.data.io import encode_image, mask_to_image, read_image, read_mask
 from cutout.data.manifest import DatasetWriter, read_manifest
-from cutout.data.parallel import ordered_map
 from cutout.data.synth import JPEG_QUALITY
+from cutout.platform.parallel import ordered_map
 
 BASE_COUNT = 2000
 # Copies 1-4 of a pair: a 90% crop at an offset (fractions of the frame), a mirror for odd copies,

@@ -52,6 +52,7 @@ def timed(run: Callable[[], object], repeats: int) -> float:
 
 def make_model_files(variant: str, folder: Path) -> dict[str, Path]:
     """A checkpoint, its fp32 ONNX and its int8 ONNX (calibrated on a few studio photos)."""
+    from cutout.data.io import read_photos
     from cutout.data.synth import generate_pair
     from cutout.model import build_model, save_checkpoint
     from cutout.model.export import export_onnx, quantize_int8
@@ -65,7 +66,7 @@ def make_model_files(variant: str, folder: Path) -> dict[str, Path]:
     for index in range(8):
         generate_pair(index, size=(400, 600), seed=3)[0].save(calibration / f"{index}.jpg")
     files["int8"] = folder / f"{variant}-int8.onnx"
-    quantize_int8(files["fp32"], files["int8"], str(calibration))
+    quantize_int8(files["fp32"], files["int8"], read_photos(str(calibration)))
     return files
 
 
@@ -147,6 +148,7 @@ def held_out_photos(folder: Path, count: int) -> Path:
 
 def export_both(checkpoint: str, folder: Path, calibration: Path, input_size: int | None) -> dict[str, str]:
     """fp32 and int8 ONNX files of a checkpoint, run at `input_size` (None: the size it was trained at)."""
+    from cutout.data.io import read_photos
     from cutout.model.export import export_model
 
     files = {
@@ -154,7 +156,8 @@ def export_both(checkpoint: str, folder: Path, calibration: Path, input_size: in
         "int8": str(folder / f"e2e-{input_size}-int8.onnx"),
     }
     export_model(checkpoint, files["fp32"], input_size=input_size)
-    export_model(checkpoint, files["int8"], calibration_dir=str(calibration), input_size=input_size)
+    photos = read_photos(str(calibration))
+    export_model(checkpoint, files["int8"], calibration=photos, input_size=input_size)
     return files
 
 

@@ -85,6 +85,7 @@ class Cell:
 
 def model_files(folder: Path, requested: str | None) -> dict[str, str]:
     """A trained U²-NetP checkpoint set to run at 320 px, and its fp32 and int8 ONNX exports at 320 px."""
+    from cutout.data.io import read_photos
     from cutout.model import save_checkpoint
     from cutout.model.export import export_model
     from cutout.model.weights import load_model
@@ -105,7 +106,9 @@ def model_files(folder: Path, requested: str | None) -> dict[str, str]:
     save_checkpoint(files["torch"], model, variant, input_size=SIZE)
     export_model(files["torch"], files["onnx"], input_size=SIZE)
     calibration = calibration_photos(folder / "calibration")
-    export_model(files["torch"], files["onnx-int8"], calibration_dir=str(calibration), input_size=SIZE)
+    export_model(
+        files["torch"], files["onnx-int8"], calibration=read_photos(str(calibration)), input_size=SIZE
+    )
     return files
 
 

@@ -9,7 +9,7 @@ import torch
 
 from cutout.train import distributed
 from cutout.train.engine import train_one_epoch
-from cutout.train.train import autocast_dtype_for, get_args_parser, get_loaders, get_model, get_optimizer
+from cutout.train.train import autocast_dtype_for, get_loaders, get_model, get_optimizer, parse_args
 
 WARMUP_STEPS, TIMED_STEPS = 2, 8
 
@@ -21,7 +21,7 @@ def images_per_second(run, batches: int, batch_size: int) -> float:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args(sys.argv[1:])
+    args = parse_args(sys.argv[1:])
     workers = distributed.init()
     device = torch.device("cpu")
     model = get_model(args, device)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -14,7 +15,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cutout import __version__
 from cutout.model.builtin import BUILTIN_MODELS
 
-app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True)
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Turns an error the user can fix into one line that names it; `cutout --debug` shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except user_errors() as error:
+            if ctx.params.get("debug"):
+                raise
+            raise fail(explain(error)) from None
+
+
+app = typer.Typer(help="Background removal for e-commerce fashion photos.", no_args_is_help=True,
+                  cls=_OneLineErrors, pretty_exceptions_show_locals=False)  # fmt: skip
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines at any width: paths stay greppable
 # What every command that takes a model accepts (`cutout.model.loader.load_predictor`).
@@ -24,12 +39,9 @@ T = TypeVar("T")
 
 
 def with_progress(label: str, step: Callable[..., T], total: int | None = None) -> T:
-    """Run `step(on_progress=...)` under a progress bar; a bad input is a clear error and exit status 2."""
-    try:
-        with progress(label, total) as advance:
-            return step(on_progress=advance)
-    except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
+    """Run `step(on_progress=...)` under a progress bar."""
+    with progress(label, total) as advance:
+        return step(on_progress=advance)
 
 
 @contextmanager
@@ -52,8 +64,35 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the whole traceback of an error.")] = False,
 ) -> None:
     """cutout: prepare data, train U²-Net, evaluate, serve and review cutouts."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input, a missing model or an unreachable service raise: reported in one line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+
+    return ValueError, OSError, MlflowException, BotoCoreError, ClientError
+
+
+def explain(error: BaseException) -> str:
+    """The error in one line, with what to do about it where that is not obvious from the message."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, MlflowException):
+        from cutout.platform.tracking import current_tracking_uri
+
+        return (f"{message} (registry: {current_tracking_uri()}; `cutout register` adds a model, "
+                "MLFLOW_TRACKING_URI points at another registry)")  # fmt: skip
+    if isinstance(error, BotoCoreError | ClientError):
+        return f"S3: {message} (check AWS_ENDPOINT_URL_S3, the bucket and the credentials)"
+    if isinstance(error, OSError) and error.filename and error.strerror:  # not "[Errno 2] ...: 'x'"
+        return f"{error.strerror}: {error.filename}"
+    return message
 
 
 def fail(message: str) -> typer.Exit:

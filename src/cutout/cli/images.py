@@ -36,12 +36,9 @@ def remove(
     from cutout.model.loader import load_predictor
     from cutout.remove import RemoveOptions, collect_inputs, remove_backgrounds
 
-    try:
-        colour = parse_color(bg_color) if bg_color else None
-        options = RemoveOptions(mask_only, colour, crop, output_format, batch_size, png_compression)
-        predictor = load_predictor(model, threads=threads)
-    except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
+    colour = parse_color(bg_color) if bg_color else None
+    options = RemoveOptions(mask_only, colour, crop, output_format, batch_size, png_compression)
+    predictor = load_predictor(model, threads=threads)
     photos, missing = collect_inputs(inputs)
     with progress("cutting out", len(photos)) as advance:
         summary = remove_backgrounds(photos, out, predictor, options, on_done=lambda _: advance())
@@ -69,12 +66,11 @@ def export_onnx(
     calibration: Annotated[str | None, typer.Option(help="Folder of photos to calibrate int8 with.")] = None,
 ) -> None:
     """Export to ONNX: input `input` (N×3×H×W), first output the fused probability map."""
-    from cutout.model.export import export_model
+    from cutout.data.io import read_photos
+    from cutout.model.export import CALIBRATION_LIMIT, export_model
 
     if int8 and not calibration:
         raise fail("--int8 needs --calibration DIR: a folder of photos like the ones the model will see")
-    try:
-        export_model(model, out, calibration_dir=calibration if int8 else None)
-    except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
+    photos = read_photos(calibration, limit=CALIBRATION_LIMIT) if int8 else None
+    export_model(model, out, calibration=photos)
     console.print(f"wrote {out}")

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from cutout.cli.common import MODEL_HELP, T, app, console, fail, with_progress
+from cutout.platform.names import MODEL_NAME, REGISTRY_SCHEME, is_registry_uri
 
 
 @app.command(
@@ -57,13 +58,15 @@ def _log_report(run_id: str, report: str, metrics: dict) -> None:
 
 @app.command()
 def register(
-    run_id: Annotated[str | None, typer.Option(help="The training run that logged the model.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="The training run that logged the model (`latest`: the newest one).")
+    ] = None,
     metrics: Annotated[str | None, typer.Option(help="metrics.json from `cutout evaluate`.")] = None,
     model: Annotated[
         str | None,
         typer.Option(help="A built-in model to register instead of a run's (`u2netp`): a registry's start."),
     ] = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = MODEL_NAME,
     holdout: Annotated[
         str | None, typer.Option(help="The evaluation dataset (its manifest hash is kept).")
     ] = None,
@@ -71,22 +74,20 @@ def register(
     """Register the run's model (or a built-in one) as a new version, with its evaluation metrics."""
     import json
 
+    from cutout.data.manifest import manifest_hash
     from cutout.platform import storage
-    from cutout.platform.registry import register_model
-    from cutout.platform.tracking import manifest_hash
+    from cutout.platform.registry import LATEST, latest_model_run, register_model
 
     if (run_id is None) == (model is None):
         raise fail("give either --run-id (a training run's model) or --model (a built-in model), not both")
     if model is not None:
-        from cutout.model.weights import register_builtin
+        from cutout.train.logged_model import register_builtin
 
-        try:
-            version = register_builtin(model, name)
-        except ValueError as error:  # not a built-in name, or its file is missing or damaged
-            raise fail(str(error)) from None
+        version = register_builtin(model, name)
     else:
         scores = json.loads(storage.read_text(metrics)) if metrics else {}
         scores = {k: v for k, v in scores.items() if isinstance(v, int | float)}
+        run_id = latest_model_run() if run_id == LATEST else run_id
         version = register_model(run_id, name, scores, manifest_hash(holdout) if holdout else None)
     print(version)
     console.print(f"registered {name} version {version}" + (f" ({model})" if model else ""))
@@ -94,7 +95,7 @@ def register(
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Option(help="The candidate version.")],
+    version: Annotated[str, typer.Option(help="The candidate version (`latest`: the newest).")],
     holdout: Annotated[
         list[str] | None,
         typer.Option(
@@ -102,23 +103,21 @@ def promote(
             "pairs); repeat for more. Needed once there is a champion."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "cutout",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = MODEL_NAME,
     margin: Annotated[
         float, typer.Option(help="The mean IoU gain whose whole 95% interval a domain must clear.")
     ] = 0.0,
 ) -> None:
     """Make a version the champion if it beats the current one beyond noise (the pipeline's gate)."""
     from cutout.pipeline.steps import gate_against_champion
-    from cutout.platform.registry import champion_version
+    from cutout.platform.registry import LATEST, champion_version, latest_version
 
+    version = latest_version(name) if version == LATEST else version
     champion = champion_version(name)
     if champion is not None and str(champion.version) != str(version) and not holdout:
         raise fail(f"{name} has a champion (version {champion.version}): give --holdout DATA, the photos "
                    "the gate scores both versions on")  # fmt: skip
-    try:
-        decision = gate_against_champion(name, version, [(data, "val") for data in holdout or []], margin)
-    except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
+    decision = gate_against_champion(name, version, [(data, "val") for data in holdout or []], margin)
     verdict = "[green]promoted[/green]" if decision["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{name} version {version}: {verdict}: {escape(decision['reason'])}", soft_wrap=True)
 
@@ -142,8 +141,8 @@ def calibrate_threshold(
     from cutout.evaluate.calibration import calibrate_threshold as calibrate
     from cutout.platform.registry import routing_threshold, set_routing_threshold
 
-    target = register or (model if model.startswith("models:/") else None)
-    uri = None if target is None else target if target.startswith("models:/") else f"models:/{target}"
+    target = register or (model if is_registry_uri(model) else None)
+    uri = None if target is None else target if is_registry_uri(target) else f"{REGISTRY_SCHEME}{target}"
     if uri is not None:
         _on_model_version(routing_threshold, uri)  # a missing version fails now, not after calibrating
     result = with_progress("calibrating", partial(calibrate, model, data, split, out))

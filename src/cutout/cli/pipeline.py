@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from cutout.cli.common import T, app, console, fail
+from cutout.platform.names import EXPERIMENT
 
 pipeline_app = typer.Typer(
     help="The Kubeflow training pipeline: compile, run locally (kfp.local), submit, schedule.",
@@ -48,7 +49,7 @@ def pipeline_compile(
     """Compile the pipeline to YAML (steps' image: $CUTOUT_PIPELINE_IMAGE, else cutout-pipeline:VERSION)."""
     from cutout.platform.pipelines import compile_pipeline
 
-    console.print(f"compiled the training pipeline to {compile_pipeline(out)}")
+    console.print(f"compiled the training pipeline to {compile_pipeline(training_pipeline(), out)}")
 
 
 @pipeline_app.command("params")
@@ -56,7 +57,7 @@ def pipeline_params() -> None:
     """List the pipeline's parameters, their types and defaults."""
     from cutout.platform.pipelines import pipeline_parameters
 
-    for name, spec in pipeline_parameters().items():
+    for name, spec in pipeline_parameters(training_pipeline()).items():
         default = "(required)" if spec["default"] is None else repr(spec["default"])
         print(f"{name:20} {spec['type'].lower():15} {default}")
 
@@ -72,15 +73,14 @@ def pipeline_run(
     ] = Path(".cutout/kfp"),
 ) -> None:
     """Run the pipeline end to end on this machine with kfp.local (each step a subprocess of this Python)."""
-    from cutout.platform.pipelines import parse_params, run_local
+    from cutout.platform.pipelines import parse_params, pipeline_parameters, run_local
 
-    arguments = _parsed(parse_params, param)
+    pipeline = training_pipeline()
+    arguments = parse_params(param or [], pipeline_parameters(pipeline))
     if local:
         arguments["local"] = True
     try:
-        run_local(arguments, pipeline_root.absolute())
-    except ValueError as error:
-        raise fail(str(error)) from None
+        run_local(pipeline, arguments, pipeline_root.absolute())
     except RuntimeError as error:
         console.print(f"[red]pipeline failed:[/red] {error}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=1) from None
@@ -92,7 +92,7 @@ def pipeline_submit(
     host: Host,
     param: Params = None,
     package: Package = None,
-    experiment: Experiment = "cutout",
+    experiment: Experiment = EXPERIMENT,
     run_name: Annotated[
         str | None, typer.Option(help="The run's name (default: package name and time).")
     ] = None,
@@ -101,12 +101,12 @@ def pipeline_submit(
     pipeline_root: PipelineRoot = None,
 ) -> None:
     """Start one run on a KFP server; prints the run id (what the GitOps CronJob runs)."""
-    from cutout.platform.pipelines import check_required, connect, parse_params, submit
+    from cutout.platform.pipelines import connect, submit
 
-    arguments = _parsed(parse_params, param)
-    _parsed(check_required, arguments)
-    run_id = _on_kfp(lambda: submit(connect(host, namespace, token), arguments, package, experiment,
-                                    run_name, pipeline_root))  # fmt: skip
+    pipeline = training_pipeline()
+    arguments = _arguments(pipeline, param)
+    run_id = _on_kfp(lambda: submit(connect(host, namespace, token), arguments, package or pipeline,
+                                    experiment, run_name, pipeline_root))  # fmt: skip
     print(run_id)
     console.print(f"submitted run {run_id} to {host} (experiment {experiment})")
 
@@ -119,7 +119,7 @@ def pipeline_schedule(
     host: Host,
     param: Params = None,
     package: Package = None,
-    experiment: Experiment = "cutout",
+    experiment: Experiment = EXPERIMENT,
     name: Annotated[str, typer.Option(help="The recurring run's name.")] = "cutout-retraining",
     max_concurrency: Annotated[int, typer.Option(min=1, help="Runs that may overlap.")] = 1,
     catchup: Annotated[bool, typer.Option(help="Start runs missed while paused.")] = False,
@@ -128,28 +128,34 @@ def pipeline_schedule(
     pipeline_root: PipelineRoot = None,
 ) -> None:
     """Create a KFP recurring run on a cron schedule (checked before anything is sent); prints its id."""
-    from cutout.pipeline.cron import CronError, validate_cron
-    from cutout.platform.pipelines import check_required, connect, parse_params, schedule
+    from cutout.platform.cron import validate_cron
+    from cutout.platform.pipelines import connect, schedule
 
-    try:
-        validate_cron(cron)
-    except CronError as error:
-        raise fail(str(error)) from None
-    arguments = _parsed(parse_params, param)
-    _parsed(check_required, arguments)
+    validate_cron(cron)
+    pipeline = training_pipeline()
+    arguments = _arguments(pipeline, param)
     client = lambda: connect(host, namespace, token)  # noqa: E731
-    recurring_id = _on_kfp(lambda: schedule(client(), cron, arguments, package, experiment, name,
+    recurring_id = _on_kfp(lambda: schedule(client(), cron, arguments, package or pipeline, experiment, name,
                                             max_concurrency, catchup, pipeline_root))  # fmt: skip
     print(recurring_id)
     console.print(f"recurring run {name} ({recurring_id}) on {host}: '{cron}'")
 
 
-def _parsed(step: Callable[..., T], *args) -> T:
-    """`step(*args)`; a bad parameter is a clear error and exit status 2."""
-    try:
-        return step(*args)
-    except ValueError as error:
-        raise fail(str(error)) from None
+def training_pipeline():
+    """The KFP pipeline these commands compile, run and send (`pipelines/training.py`)."""
+    from pipelines.training import cutout_training_pipeline
+
+    return cutout_training_pipeline
+
+
+def _arguments(pipeline, param: list[str] | None) -> dict:
+    """The typed arguments `--param` gives, every required one among them."""
+    from cutout.platform.pipelines import check_required, parse_params, pipeline_parameters
+
+    parameters = pipeline_parameters(pipeline)
+    arguments = parse_params(param or [], parameters)
+    check_required(arguments, parameters)
+    return arguments
 
 
 def _on_kfp(step: Callable[[], T]) -> T:

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from cutout.cli.common import T, app, console, fail
+from cutout.platform.names import CHAMPION_URI, MODEL_NAME, NAMESPACE
+from cutout.train.config import DEFAULTS as TRAIN_DEFAULTS
+from cutout.train.config import on_cluster_ranks
 
 platform_app = typer.Typer(help="Kubernetes: the training MPIJob and the InferenceService (or their YAML).",
                            no_args_is_help=True)  # fmt: skip
@@ -19,14 +22,14 @@ def platform_mpijob(
     data: Annotated[str, typer.Option(help="Prepared dataset (s3://) the workers read.")],
     checkpoint_dir: Annotated[str, typer.Option(help="s3:// folder for checkpoints, one per run.")],
     run_info: Annotated[str, typer.Option(help="s3:// JSON the run id and model URI are written to.")],
-    model: Annotated[str, typer.Option(help="u2net or u2netp.")] = "u2net",
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch_size: Annotated[int, typer.Option(min=1, help="Per GPU.")] = 10,
+    model: Annotated[str, typer.Option(help="u2net or u2netp.")] = TRAIN_DEFAULTS.model,
+    epochs: Annotated[int, typer.Option(min=1)] = TRAIN_DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option(min=1, help="Per GPU.")] = TRAIN_DEFAULTS.batch_size,
     train_arg: Annotated[
         list[str] | None, typer.Option(help="Another `cutout train` flag, as is (repeatable).")
     ] = None,
     name: Annotated[str, typer.Option(help="The MPIJob's name.")] = "cutout-train",
-    namespace: Annotated[str, typer.Option()] = "cutout",
+    namespace: Annotated[str, typer.Option()] = NAMESPACE,
     image: Annotated[str | None, typer.Option(help="Training image (default: cutout-train:VERSION).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker pods.")] = 2,
     gpus_per_worker: Annotated[int, typer.Option(min=0, help="GPUs (= MPI slots) per worker.")] = 1,
@@ -47,17 +50,18 @@ def platform_mpijob(
     from cutout.platform import mpijob
     from cutout.platform.pods import Secrets
 
-    try:
-        extra = tuple(train_arg or ())
-        args = mpijob.TrainingArgs(data, checkpoint_dir, run_info, model, epochs, batch_size, extra)
-        config = mpijob.MPIJobConfig(
-            name=name, namespace=namespace, image=image or mpijob.DEFAULT_IMAGE, workers=workers,
-            gpus_per_worker=gpus_per_worker, node_pool=_node_pool(node_pool, node_selector, toleration),
-            secrets=Secrets(mlflow_secret or None, s3_secret or None), backoff_limit=backoff_limit,
-        )  # fmt: skip
-        job = mpijob.build_mpijob(args, config)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    training = TRAIN_DEFAULTS.replace(
+        data=data, checkpoint_dir=checkpoint_dir, run_info=run_info, model=model, epochs=epochs,
+        batch_size=batch_size,
+    )  # fmt: skip
+    argv = on_cluster_ranks(training, gpus=gpus_per_worker > 0).to_argv() + list(train_arg or ())
+    args = mpijob.TrainingArgs(tuple(argv))
+    config = mpijob.MPIJobConfig(
+        name=name, namespace=namespace, image=image or mpijob.DEFAULT_IMAGE, workers=workers,
+        gpus_per_worker=gpus_per_worker, node_pool=_node_pool(node_pool, node_selector, toleration),
+        secrets=Secrets(mlflow_secret or None, s3_secret or None), backoff_limit=backoff_limit,
+    )  # fmt: skip
+    job = mpijob.build_mpijob(args, config)
     if dry_run:
         _print_yaml(job)
         return
@@ -84,15 +88,15 @@ def _node_pool(preset: str, node_selector: list[str] | None, tolerations: list[s
 def platform_isvc(
     model_uri: Annotated[
         str, typer.Option(help="What the predictor loads: a version (models:/cutout/7) rolls out a new one.")
-    ] = "models:/cutout@champion",
+    ] = CHAMPION_URI,
     feedback_uri: Annotated[str, typer.Option(help="Retraining store and review queue (s3://).")] = (
         "s3://cutout/feedback"
     ),
     threshold: Annotated[
         float | None, typer.Option(min=0, max=1, help="Routing threshold (default: the model's own).")
     ] = None,
-    name: Annotated[str, typer.Option(help="Service name = model name.")] = "cutout",
-    namespace: Annotated[str, typer.Option(help="Empty: none (an overlay sets it).")] = "cutout",
+    name: Annotated[str, typer.Option(help="Service name = model name.")] = MODEL_NAME,
+    namespace: Annotated[str, typer.Option(help="Empty: none (an overlay sets it).")] = NAMESPACE,
     image: Annotated[str | None, typer.Option(help="Serving image (default: cutout-serve:VERSION).")] = None,
     min_replicas: Annotated[int, typer.Option(min=1)] = 1,
     max_replicas: Annotated[int, typer.Option(min=1)] = 3,
@@ -113,18 +117,15 @@ def platform_isvc(
     from cutout.platform import inference_service as isvc
     from cutout.platform.pods import Secrets
 
-    try:
-        predictor = _resources(predictor_cpu, predictor_memory, predictor_gpus)
-        transformer = _resources(transformer_cpu, transformer_memory, gpus=0)
-        config = isvc.InferenceServiceConfig(
-            name=name, namespace=namespace or None, image=image or isvc.DEFAULT_IMAGE, model_uri=model_uri,
-            feedback_uri=feedback_uri, threshold=threshold, min_replicas=min_replicas,
-            max_replicas=max_replicas, canary_traffic_percent=canary_percent, predictor_resources=predictor,
-            transformer_resources=transformer, secrets=Secrets(mlflow_secret or None, s3_secret or None),
-        )  # fmt: skip
-        service = isvc.build_inference_service(config)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    predictor = _resources(predictor_cpu, predictor_memory, predictor_gpus)
+    transformer = _resources(transformer_cpu, transformer_memory, gpus=0)
+    config = isvc.InferenceServiceConfig(
+        name=name, namespace=namespace or None, image=image or isvc.DEFAULT_IMAGE, model_uri=model_uri,
+        feedback_uri=feedback_uri, threshold=threshold, min_replicas=min_replicas,
+        max_replicas=max_replicas, canary_traffic_percent=canary_percent, predictor_resources=predictor,
+        transformer_resources=transformer, secrets=Secrets(mlflow_secret or None, s3_secret or None),
+    )  # fmt: skip
+    service = isvc.build_inference_service(config)
     if dry_run:
         _print_yaml(service)
         return

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cutout.cli.common import app, console, fail
+from cutout.cli.common import app, console
 
 review_app = typer.Typer(help="Review the cutouts the model was unsure of.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
@@ -34,13 +34,7 @@ def serve(
 
     # From the environment, not a flag: a flag's value shows in the process list.
     token = os.environ.get(token_env) or None
-    try:
-        check_binding(host, token)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    check_binding(host, token)
     console.print(f"review page: http://{host}:{port}/  (feedback store {feedback_uri}, "
                   f"token {'required' if token else 'off'})", highlight=False)  # fmt: skip
-    try:
-        serve_review(feedback_uri, host=host, port=port, token=token, claim_seconds=claim_minutes * 60)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    serve_review(feedback_uri, host=host, port=port, token=token, claim_seconds=claim_minutes * 60)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cutout.cli.common import app, fail
+from cutout.platform.names import CHAMPION_URI, UNCALIBRATED_THRESHOLD
 
 serve_app = typer.Typer(help="Serve models with KServe (on 127.0.0.1 unless --host says otherwise).",
                         no_args_is_help=True)  # fmt: skip
@@ -37,7 +38,7 @@ def serve_transformer(context: typer.Context) -> None:
 def serve_local(
     model_uri: Annotated[
         str, typer.Option(help="models:/NAME@ALIAS, a checkpoint, or an .onnx file.")
-    ] = "models:/cutout@champion",
+    ] = CHAMPION_URI,
     feedback_uri: Annotated[
         str, typer.Option(help="Retraining store and review queue (folder or s3://).")
     ] = ".cutout/feedback",
@@ -48,7 +49,10 @@ def serve_local(
         int | None, typer.Option(min=1, max=65535, help="The predictor's port (default: --port + 1).")
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Routing threshold (default: the model's, or 0.5).")
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help=f"Routing threshold (default: the model's, or {UNCALIBRATED_THRESHOLD})."
+        ),
     ] = None,
     runtime: Annotated[str | None, typer.Option(help="torch or onnx (default: the model file's).")] = None,
 ) -> None:

@@ -7,10 +7,11 @@ gradient, procedural texture or a photo) and a colour jitter.
 Geometric steps run through `torchvision.transforms.v2` on a `tv_tensors.Image` and a `tv_tensors.Mask`,
 so photo and mask move together and the mask is resampled nearest: it stays binary and aligned.
 
-Balance rule (why the seed clustered at all): let N be the number of training pairs in the largest
-cluster and T = N × (1 + copies). With ``balance``, a cluster of n training pairs gets T − n variants,
-spread evenly over its pairs (its j-th pair gets ⌊(j+1)(T−n)/n⌋ − ⌊j(T−n)/n⌋), so every cluster ends
-with exactly T training pairs. Without it every pair gets ``copies`` variants.
+Balance rule (why the pairs are clustered at all: so that no product type is outnumbered in training):
+let N be the number of training pairs in the largest cluster and T = N × (1 + copies). With ``balance``,
+a cluster of n training pairs gets T − n variants, spread evenly over its pairs (its j-th pair gets
+⌊(j+1)(T−n)/n⌋ − ⌊j(T−n)/n⌋), so every cluster ends with exactly T training pairs. Without it every
+pair gets ``copies`` variants.
 
 Determinism: the randomness of variant k of input i comes from ``np.random.default_rng([seed, i, k])``
 alone, so the output is the same on any number of workers. Memory stays flat: the manifest is streamed
@@ -34,17 +35,16 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from cutout.data.io import ImageError, encode_image, mask_to_image, read_image, read_mask
+from cutout.data.io import PHOTO_SUFFIXES, ImageError, encode_image, mask_to_image, read_image, read_mask
 from cutout.data.manifest import REAL_DOMAIN, DatasetWriter, read_manifest, record_domain
-from cutout.data.parallel import ordered_map
 from cutout.platform import storage
+from cutout.platform.parallel import ordered_map
 
 logger = logging.getLogger(__name__)
 Rng = np.random.Generator
 
 JPEG_QUALITY = 95
 SUMMARY_NAME = "summary.json"
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PARTNER_POOL_SIZE = 512  # products that can be pasted into others: enough variety, bounded memory
 VARIANTS_PER_TASK = 8  # a tiny cluster's pair may need hundreds of variants: spread them over tasks
 MIN_CROP_SCALE = 0.6  # tighter crops blow a 320-pixel photo up into blur
@@ -117,9 +117,8 @@ def _composites(record: dict) -> bool:
     """Whether a pair may take part in a composite, pasted in or pasted into: not a real photograph.
 
     A real photo's mask marks its subject only, the passers-by behind are background; a product pasted
-    into it with the masks merged (or a real person pasted into a studio photo) teaches the opposite. One
-    epoch on such composites taught the official model to cut out whole crowds on street photos (mean IoU
-    on real photos 0.953 → 0.93).
+    into it with the masks merged (or a real person pasted into a studio photo) teaches the opposite:
+    training on such composites teaches the model to cut out whole crowds on street photos.
     """
     return record_domain(record) != REAL_DOMAIN
 
@@ -282,8 +281,8 @@ def _background(shape: tuple[int, int], photo: str | None, rng: Rng) -> tuple[np
 
 def _jitter(pixels: np.ndarray, rng: Rng) -> np.ndarray:
     """Colour jitter that moves no pixel. Saturation and hue scale and turn YIQ's chroma plane, keeping
-    luma; contrast pulls towards the mean luma; brightness scales. All linear, so one matrix: about 1 ms
-    at 320×320, where torchvision's hue alone (an HSV round trip) takes 5."""
+    luma; contrast pulls towards the mean luma; brightness scales. All linear, so one matrix: much cheaper
+    than torchvision's hue alone (an HSV round trip)."""
     saturation, hue = rng.uniform(0.7, 1.3), rng.uniform(-0.25, 0.25)  # hue in radians: about ±14°
     contrast, brightness = rng.uniform(0.75, 1.25), rng.uniform(0.75, 1.25)
     chroma = saturation * np.array([[np.cos(hue), -np.sin(hue)], [np.sin(hue), np.cos(hue)]])
@@ -363,7 +362,7 @@ def _task_outputs(task: _Task, src: str, seed: int) -> tuple[list[tuple], dict |
 
 
 def _run_task(task: _Task, src: str, seed: int) -> tuple[list[tuple], dict | None, bool]:
-    """`_task_outputs` on one torch thread: on images this small more threads only contend (10× slower
+    """`_task_outputs` on one torch thread: on images this small more threads only contend (much slower
     on a busy machine), and the pool already keeps every core busy."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Clean a raw dataset: pair photos with masks, reject what is unusable with a reason, resize the rest.
 
-The seed's cleansing step. Input is a folder or S3 prefix of ``images/<id>.<ext>`` and
+Input is a folder or S3 prefix of ``images/<id>.<ext>`` and
 ``masks/<id>.<ext>`` (and, optionally, a ``manifest.jsonl`` whose per-id fields are carried over).
 Output is a new dataset of ``size``×``size`` pairs (JPEG photos, binary PNG masks), a
 ``rejects.jsonl`` with one reason per rejected id, and a ``summary.json``. Every input id is either
@@ -38,7 +38,6 @@ from cutout.data.io import (
     to_rgb,
 )
 from cutout.data.manifest import PERSON_CHECKED_SOURCES, DatasetWriter, manifest_uri, read_jsonl
-from cutout.data.parallel import ordered_map
 from cutout.data.quality import (
     NEAR_DUPLICATE_BITS,
     content_hash,
@@ -49,6 +48,7 @@ from cutout.data.quality import (
     resize_square,
 )
 from cutout.platform import storage
+from cutout.platform.parallel import ordered_map
 
 # The codes of rejects.jsonl: pairing, then the file's own (`ImageError`), then content, then duplicates.
 REJECT_REASONS: tuple[str, ...] = ("missing_mask", "missing_image", "ambiguous_id", *REASONS, "size_mismatch",
@@ -307,7 +307,7 @@ class _KeptPhotos:
             return _Reject(pair.id, "duplicate", f"the same picture as {original}", "image", original)
         if not self._ids:
             return None
-        # A linear scan: 30,000 kept pairs cost about 0.03 ms per query, vectorised.
+        # A linear scan, vectorised: cheap per query even over a large dataset, and no index to keep.
         distances = np.bitwise_count(self._phashes[: len(self._ids)] ^ np.uint64(pair.phash))
         nearest = int(np.argmin(distances))
         if distances[nearest] > NEAR_DUPLICATE_BITS:

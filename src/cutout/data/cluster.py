@@ -34,12 +34,12 @@ from cutout.data.features import (
     extract_features,
     propose_clusters,
 )
+from cutout.data.gallery import GalleryRow, write_gallery
 from cutout.data.io import ImageError, read_image, read_mask
 from cutout.data.manifest import REJECTS_NAME, SOURCE_AUTO, manifest_uri, read_manifest
-from cutout.data.parallel import ordered_map
 from cutout.data.synth import PRODUCT_TYPES
-from cutout.evaluate.gallery import GalleryRow, write_gallery
 from cutout.platform import storage
+from cutout.platform.parallel import ordered_map
 
 TYPICAL_EXAMPLES, OUTLYING_EXAMPLES = 4, 2  # contact-sheet photos per cluster: nearest and farthest
 THUMBNAIL = 160

@@ -53,12 +53,12 @@ COLOUR_FEATURES: tuple[str, ...] = ("lightness", "colour_a", "colour_b", "backdr
 FEATURE_NAMES: tuple[str, ...] = SHAPE_FEATURES + COLOUR_FEATURES
 
 LIGHT_TYPE = "light_coloured"
-# ΔE*ab. A low-contrast group centred above it is not light products but the flat end of a catalogue
-# without any. Measured on the synthetic one: light products ≈ 10 ± 4 on their backdrops, others ≈ 58 ± 15.
+# ΔE*ab, between the contrast of light products on their backdrops and that of the others. A low-contrast
+# group centred above it is not light products but the flat end of a catalogue without any.
 LIGHT_CONTRAST_LIMIT = 20.0
 N_INIT = 10  # k-means restarts: the silhouette clustering has a few local optima
-# One thread: k-means over 10,000 rows of 7 numbers takes 0.5 s so, while OpenMP's threads, spinning on a
-# shared 2-core machine, made it 15.7 s (measured).
+# One thread: the k-means input is small, and OpenMP's threads, spinning on a shared machine's few cores,
+# make it far slower rather than faster.
 KMEANS_THREADS = 1
 # What each silhouette type looks like in `SHAPE_FEATURES` (aspect_log, fill, top_width, shoulder_width,
 # sleeve_runs, hem_runs, leg_gap), written from the garments' geometry: the names the clusters can take.

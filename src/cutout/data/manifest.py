@@ -7,6 +7,7 @@ sees half a manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,15 @@ REJECTS_NAME = "rejects.jsonl"
 def manifest_uri(dataset: str) -> str:
     """Where a dataset's manifest lives."""
     return storage.join(dataset, MANIFEST_NAME)
+
+
+def manifest_hash(dataset: str) -> str:
+    """The sha256 of a dataset's ``manifest.jsonl``: it names exactly which pairs a model saw."""
+    digest = hashlib.sha256()
+    with storage.local_copy(manifest_uri(dataset)) as local, open(local, "rb") as manifest:
+        for block in iter(lambda: manifest.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_jsonl(uri: str) -> Iterator[dict]:

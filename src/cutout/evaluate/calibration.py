@@ -11,7 +11,7 @@ The rule, with the targets `max_routed` = 20% of all images and `min_caught` = 8
 2. the *catch* threshold: the smallest that routes at least `min_caught` of the bad images;
 3. when catch ≤ budget both targets hold: take the threshold halfway between them in images routed
    (the score of the image at that rank), which leaves a margin on both targets for new photos (the
-   budget threshold itself, on held-out photos, routed 25% where it routed 20% here). Otherwise the
+   budget threshold itself routes more than `max_routed` of photos it was not chosen on). Otherwise the
    model makes too many bad masks for both to hold: take the catch threshold (bad masks kept out of
    retraining come first) and report the target as missed.
 

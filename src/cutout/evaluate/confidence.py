@@ -23,14 +23,11 @@ Two crisp mistakes leave no uncertain band, so they are counted as doubtful by s
 An empty mask (under 0.5% of the image: nothing found) or a nearly full one (over 98%: the background
 was not removed) scores 0. A map all at 0.5 has no sure pixel and scores 0 as well.
 
-Evidence (held-out synthetic photos, 1000×1500, seeds the training never saw; Spearman of score and
-true IoU): U²-NetP at 128 px, mean IoU 0.91: 0.91 and 0.94 (2 × 300 photos); at 96 px, mean IoU
-0.93: 0.81 (2 × 300); at 160 px, mean IoU 0.96: 0.87 and 0.88 (2 × 300), where the threshold chosen
-on one set routed 22% of the other and caught 86% of its masks under IoU 0.95. The remaining misses
-lie at IoU 0.93–0.95. Bands of 0.15–0.3 or the expected IoU under p changed it by ±0.03; agreement
-with the side outputs gained up to 0.06 on the 96-px model only, not worth widening the predictor's
-interface for. What the score cannot see is a mask that is crisp and wrong (a confidently cut-off
-part): that needs the photo.
+On held-out photos the score ranks masks by true IoU well at every input size tried, and a threshold
+chosen on one set catches most bad masks of another; wider bands or the expected IoU under p ranked
+them no better, and agreement with the side outputs helped too little to widen the predictor's
+interface for (figures: `docs/benchmarks.md`). What the score cannot see is a mask that is crisp and
+wrong (a confidently cut-off part): that needs the photo.
 """
 
 from __future__ import annotations

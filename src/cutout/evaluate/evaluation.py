@@ -16,8 +16,9 @@ from cutout.data.manifest import read_manifest, record_domain
 from cutout.evaluate.metrics import ImageScore, score_image, summarize
 from cutout.evaluate.report import ExamplesByDomain, make_example, write_report
 from cutout.model.inference import MaskPredictor, predict_probabilities
-from cutout.model.loader import REGISTRY_SCHEME, load_predictor
+from cutout.model.loader import load_predictor
 from cutout.platform import storage
+from cutout.platform.names import is_registry_uri
 
 EXAMPLES = 6  # worst and best pairs shown in the report, each, per domain
 DEFAULT_CLUSTER = "all"  # the cluster of pairs whose record has none
@@ -103,9 +104,9 @@ def score_pairs(
 
 
 def _scoring_predictor(model_uri: str) -> MaskPredictor:
-    """A registered version's ONNX export where it has one (ONNX Runtime: 0.28 s a photo at 320 px on 2
-    cores, PyTorch 0.4 s; the gate scores two models on hundreds of photos), else what the URI names."""
-    if model_uri.startswith(REGISTRY_SCHEME):
+    """A registered version's ONNX export where it has one (ONNX Runtime is faster than PyTorch on a CPU,
+    and the gate scores two models on hundreds of photos), else what the URI names."""
+    if is_registry_uri(model_uri):
         try:
             return load_predictor(model_uri, prefer="onnx")
         except ValueError:  # logged without its ONNX export: the checkpoint below

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from cutout.compose import alpha_at_size, compose_cutout
+from cutout.data.gallery import STYLE as GALLERY_STYLE
 from cutout.data.io import encode_image, mask_to_image
-from cutout.evaluate.gallery import STYLE as GALLERY_STYLE
 from cutout.evaluate.metrics import IOU_LEVELS, ImageScore
 from cutout.platform import storage
 

@@ -1,7 +1,7 @@
 """U²-Net models: building them, loading weights, running them and exporting them.
 
 The names below load on first use: importing `cutout.model.inference` for an ONNX model must not import
-PyTorch, which adds about 470 MiB to a predictor's resident memory.
+PyTorch, which is large and would swell a predictor's resident memory for nothing.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from cutout.data.parallel import available_cores
+from cutout.platform.parallel import available_cores
 
 if TYPE_CHECKING:
     import torch
@@ -112,9 +112,7 @@ class OnnxPredictor:
         options.intra_op_num_threads = threads or available_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads sleep instead of spinning. Spinning threads burn the cores that decoding,
-        # PNG encoding and the other requests' threads need: behind the transformer at concurrency 4 on 2
-        # cores, the predictor spent 307 ms of CPU per photo spinning and 239 ms not, and served 7.35
-        # photos/s instead of 6.1 (int8 U²-NetP, 1000×1500 JPEGs).
+        # PNG encoding and the other requests' threads need, so a busy server would serve fewer photos.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         model_input = self.session.get_inputs()[0]

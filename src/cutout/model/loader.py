@@ -9,9 +9,9 @@ import tempfile
 from cutout.model.builtin import BUILTIN_MODELS, builtin_model_path, is_builtin
 from cutout.model.inference import INPUT_SIZE, MaskPredictor, OnnxPredictor, TorchPredictor
 from cutout.platform import storage
+from cutout.platform.names import REGISTRY_SCHEME, is_registry_uri
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
-REGISTRY_SCHEME = "models:/"
 
 
 def load_predictor(
@@ -32,7 +32,7 @@ def load_predictor(
         if prefer == "checkpoint":
             return _torch_predictor(uri, device, threads)
         return OnnxPredictor(builtin_model_path(uri), threads=threads)
-    if uri.startswith(REGISTRY_SCHEME):
+    if is_registry_uri(uri):
         from cutout.platform.registry import resolve_model_uri
 
         # Both back ends read the whole file at load time, so the download can go once loaded.

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from cutout.model.builtin import BUILTIN_MODELS, builtin_model_path, is_builtin
+from cutout.model.builtin import builtin_model_path, is_builtin
 from cutout.model.folded import load_folded_onnx, onnx_input_size
-from cutout.model.loader import REGISTRY_SCHEME
 from cutout.model.u2net import U2Net, u2net, u2netp
 from cutout.platform import storage
+from cutout.platform.names import is_registry_uri
 
 MODEL_VARIANTS: dict[str, Callable[[], U2Net]] = {"u2net": u2net, "u2netp": u2netp}
 
@@ -80,7 +80,7 @@ def load_model(uri: str | Path, variant: str | None = None) -> tuple[U2Net, dict
     Returns:
         The model in eval mode on the CPU, and the checkpoint's metadata (empty for official weights).
     """
-    if str(uri).startswith(REGISTRY_SCHEME):
+    if is_registry_uri(str(uri)):
         from cutout.platform.registry import CHECKPOINT, resolve_model_uri
 
         # The registered checkpoint is read whole, so its download can go once loaded.
@@ -119,28 +119,3 @@ def save_checkpoint(uri: str | Path, model: U2Net, variant: str, input_size: int
     checkpoint = {"format": CHECKPOINT_FORMAT, "variant": variant, "input_size": input_size, **extra}
     torch.save({**checkpoint, "model": model.state_dict()}, buffer)
     storage.write_bytes(str(uri), buffer.getvalue())
-
-
-def register_builtin(builtin: str, name: str = "cutout") -> str:
-    """Register a built-in model (`u2netp`) as a new version of `name`, as if a run had trained it.
-
-    Its checkpoint and ONNX export go in a run `builtin-<builtin>`; the version is tagged `builtin`.
-
-    Returns:
-        The new version number.
-
-    Raises:
-        cutout.model.builtin.BuiltinModelError: not a built-in name, or its file is missing or damaged.
-    """
-    from cutout.platform.registry import register_checkpoint, set_version_tag
-
-    builtin_model_path(builtin)  # an unknown name fails here with the list of built-in names
-    model, metadata = load_model(builtin)
-    with tempfile.TemporaryDirectory(prefix="cutout-builtin-") as folder:
-        checkpoint = str(Path(folder) / "model.ckpt")
-        save_checkpoint(checkpoint, model, metadata["variant"], metadata["input_size"], builtin=builtin)
-        params = {"builtin": builtin, "sha256": BUILTIN_MODELS[builtin].sha256,
-                  "variant": metadata["variant"], "input_size": metadata["input_size"]}  # fmt: skip
-        version = register_checkpoint(checkpoint, f"builtin-{builtin}", params, name)
-    set_version_tag(f"models:/{name}/{version}", "builtin", builtin)
-    return version

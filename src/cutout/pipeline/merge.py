@@ -6,7 +6,7 @@ Three sources, read and never modified, in order of trust (the first copy of a p
     corrected    <feedback>/retrain/corrected (masks drawn by a person)          ids `corrected-<id>`
     auto         <feedback>/retrain/auto (masks the model was confident about)   ids `auto-<id>`
 
-The feedback stores use the record-file layout of `cutout.serve.feedback.write_pair`: only pairs whose
+The feedback stores use the record-file layout of `cutout.data.feedback_store`: only pairs whose
 record exists are read, so a pair being written while the step runs waits for the next run. A photo whose
 bytes' sha256 was already taken from an earlier source is a `duplicate` (the same photo sent twice, or a
 corrected photo that also came in raw). Raw ids without exactly one photo and one mask are rejected with
@@ -25,13 +25,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from cutout.data import clean
+from cutout.data.feedback_store import AUTO, CORRECTED, STORES, record_files, store_uri
 from cutout.data.io import ImageError, decode_image, encode_image
 from cutout.data.manifest import FEEDBACK_DOMAIN, DatasetWriter
 from cutout.platform import storage
 
-RAW, CORRECTED, AUTO = "raw", "corrected", "auto"
-FEEDBACK_STORES = {CORRECTED: "retrain/corrected", AUTO: "retrain/auto"}  # in order of trust
-RECORDS = "records"
+RAW = "raw"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Fields a feedback record describes its own files with; the merged record has new ones.
 _OWN_FIELDS = frozenset({"id", "image", "mask", "checksum"})
@@ -111,9 +110,9 @@ def _check_output(out: str, inputs: list[str]) -> None:
 
 def _inputs(raw_uri: str, feedback_uri: str | None) -> Iterator[_Input]:
     yield from _raw_inputs(raw_uri)
-    for source, store in FEEDBACK_STORES.items():
+    for source in STORES:
         if feedback_uri:
-            yield from _feedback_inputs(source, storage.join(feedback_uri, store))
+            yield from _feedback_inputs(source, store_uri(feedback_uri, source))
 
 
 def _raw_inputs(raw_uri: str) -> Iterator[_Input]:
@@ -132,7 +131,7 @@ def _raw_inputs(raw_uri: str) -> Iterator[_Input]:
 
 def _feedback_inputs(source: str, store: str) -> Iterator[_Input]:
     """The store's pairs that have a record, in id order."""
-    for uri in sorted(storage.list_files(storage.join(store, RECORDS), suffixes=(".json",))):
+    for uri in record_files(store):
         pair_id = f"{source}-{os.path.basename(uri).removesuffix('.json')}"
         try:
             record = json.loads(storage.read_bytes(uri))

@@ -29,6 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from cutout.platform import storage
+from cutout.platform.names import MODEL_NAME, NAMESPACE, version_uri
+from cutout.train.config import DEFAULTS as TRAIN_DEFAULTS
+from cutout.train.config import TrainConfig, on_cluster_ranks
 
 RUNS_FOLDER = "runs"
 OUTCOME_FILE = "outcome.json"
@@ -124,7 +127,8 @@ def augment(src: str, out: str, copies: int) -> dict:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What `cutout train` gets; `low_res_epochs` > 0 adds a first stage at `low_res_size`.
+    """The pipeline's training: `cutout train`'s settings (`TrainConfig`, its defaults) for the final stage,
+    and `low_res_epochs` > 0 adds a first stage at `low_res_size` that the final one fine-tunes.
 
     `pretrained` (a built-in model, by default the official `u2netp`; a checkpoint, `s3://` URI or
     `models:/cutout@champion`) is what the first stage fine-tunes; empty: it starts from scratch. A
@@ -132,32 +136,40 @@ class TrainSettings:
     (`cutout.train.train.pin_pretrained`).
     """
 
-    model: str = "u2netp"
-    epochs: int = 30
-    batch_size: int = 10
-    lr: float = 3e-5  # fine-tuning the official weights: 1e-4 lost real-photo quality, 3e-5 gained
-    input_size: int = 320
-    crop: int = 288
-    warmup_epochs: float = 1.0
+    model: str = TRAIN_DEFAULTS.model
+    epochs: int = TRAIN_DEFAULTS.epochs
+    batch_size: int = TRAIN_DEFAULTS.batch_size
+    lr: float = TRAIN_DEFAULTS.lr
+    input_size: int = TRAIN_DEFAULTS.input_size
+    crop: int = TRAIN_DEFAULTS.crop
+    warmup_epochs: float = TRAIN_DEFAULTS.warmup_epochs
     low_res_epochs: int = 0
     low_res_size: int = 160
-    low_res_lr: float = 2e-3
+    low_res_lr: float = 2e-3  # from scratch at low resolution: a rate for random weights
     low_res_warmup_epochs: float = 0.3
     workers: int = 2
     loader_workers: int | None = None  # None: 1 locally (workers share a few cores), 4 on GPU nodes
-    pretrained: str = "u2netp"
+    pretrained: str = TRAIN_DEFAULTS.pretrained or ""
 
-    def stages(self) -> list[tuple[str, list[str]]]:
-        """(stage, `cutout train` flags) per stage; the final one fine-tunes the first (`--pretrained`)."""
-        final = ["--epochs", self.epochs, "--input-size", self.input_size, "--crop", min(self.crop,
-                 self.input_size), "--lr", self.lr, "--warmup-epochs", self.warmup_epochs]  # fmt: skip
-        stages = [(FINAL, final)]
-        if self.low_res_epochs > 0:
-            size = self.low_res_size
-            low = ["--epochs", self.low_res_epochs, "--input-size", size, "--crop", size,
-                   "--lr", self.low_res_lr, "--warmup-epochs", self.low_res_warmup_epochs]  # fmt: skip
-            stages.insert(0, (LOW_RESOLUTION, low))
-        return [(stage, [str(flag) for flag in flags]) for stage, flags in stages]
+    def stages(self, data: str, on_cluster: bool) -> list[tuple[str, TrainConfig]]:
+        """(stage, its `cutout train` config), in order; each stage after the first fine-tunes the one
+        before it (the caller sets `pretrained` to that stage's checkpoint)."""
+        loaders = self.loader_workers or (4 if on_cluster else 1)
+        final = TrainConfig(
+            data, model=self.model, pretrained=self.pretrained, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, warmup_epochs=self.warmup_epochs,
+            input_size=self.input_size, crop=min(self.crop, self.input_size), loader_workers=loaders,
+            workers=self.workers,
+            run_name=f"pipeline-{FINAL}",
+        )  # fmt: skip
+        if self.low_res_epochs <= 0:
+            return [(FINAL, final)]
+        size = self.low_res_size
+        low = final.replace(
+            epochs=self.low_res_epochs, input_size=size, crop=size, lr=self.low_res_lr,
+            warmup_epochs=self.low_res_warmup_epochs, run_name=f"pipeline-{LOW_RESOLUTION}",
+        )  # fmt: skip
+        return [(LOW_RESOLUTION, low), (FINAL, final)]
 
 
 @dataclass(frozen=True)
@@ -165,7 +177,7 @@ class ClusterTraining:
     """Where and how the MPIJob runs (see `cutout.platform.mpijob.MPIJobConfig`)."""
 
     job_name: str
-    namespace: str = "cutout"
+    namespace: str = NAMESPACE
     image: str = ""  # empty: cutout-train:<version>
     gpus_per_worker: int = 1
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -186,63 +198,46 @@ def train(data: str, out: str, settings: TrainSettings, on_cluster: ClusterTrain
         RuntimeError: A local stage exited with an error.
         cutout.platform.launcher.StepFailed: An MPIJob failed or timed out.
     """
-    pretrained, infos = settings.pretrained or None, {}
-    for stage, flags in settings.stages():
-        if pretrained:
-            flags = [*flags, "--pretrained", pretrained]
-        loaders = settings.loader_workers or (1 if on_cluster is None else 4)
-        flags += ["--run-name", f"pipeline-{stage}", "--loader-workers", str(loaders)]
-        run_info = storage.join(out, RUN_INFO.format(stage=stage))
-        checkpoints = storage.join(out, "checkpoints", stage)
-        print(f"training stage {stage}: {' '.join(flags)}", flush=True)
+    pretrained, infos = None, {}
+    for stage, config in settings.stages(data, on_cluster is not None):
+        config = config.replace(checkpoint_dir=storage.join(out, "checkpoints", stage),
+                                run_info=storage.join(out, RUN_INFO.format(stage=stage)),
+                                pretrained=pretrained or config.pretrained)  # fmt: skip
+        print(f"training stage {stage}: {' '.join(config.to_argv())}", flush=True)
         if on_cluster is None:
-            _train_here(data, settings, flags, checkpoints, run_info, storage.join(out, "tensorboard", stage))
+            _train_here(config, storage.join(out, "tensorboard", stage))
         else:
-            _train_on_cluster(data, settings, flags, checkpoints, run_info, on_cluster, stage)
-        infos[stage] = json.loads(storage.read_text(run_info))
+            _train_on_cluster(config, on_cluster, stage)
+        infos[stage] = json.loads(storage.read_text(config.run_info))
         pretrained = infos[stage]["checkpoint"]
     return {**infos[FINAL], "stages": infos}
 
 
-def _train_here(data: str, settings: TrainSettings, flags: list[str], checkpoints: str, run_info: str,
-                log_dir: str) -> None:  # fmt: skip
+def _train_here(config: TrainConfig, log_dir: str) -> None:
     from cutout.train.train import cli
 
     if storage.is_s3(log_dir):  # TensorBoard writes locally; the run uploads the logs to MLflow
         log_dir = tempfile.mkdtemp(prefix="cutout-tensorboard-")
-    argv = [data, "--model", settings.model, "--batch-size", str(settings.batch_size), *flags,
-            "--workers", str(settings.workers), "--checkpoint-dir", checkpoints, "--run-info", run_info,
-            "--log-dir", log_dir]  # fmt: skip
+    argv = config.replace(log_dir=log_dir).to_argv()
     status = cli(argv)
     if status != 0:
         raise RuntimeError(f"cutout train {' '.join(argv)} failed with exit status {status}")
 
 
-def _train_on_cluster(data: str, settings: TrainSettings, flags: list[str], checkpoints: str, run_info: str,
-                      cluster: ClusterTraining, stage: str) -> None:  # fmt: skip
+def _train_on_cluster(config: TrainConfig, cluster: ClusterTraining, stage: str) -> None:
     from kubernetes.client import V1Toleration
 
     from cutout.platform import mpijob
     from cutout.platform.launcher import train_on_cluster
 
-    args = mpijob.TrainingArgs(data, checkpoints, run_info, settings.model, _flag(flags, "--epochs"),
-                               settings.batch_size, tuple(_without(flags, "--epochs")))  # fmt: skip
     pool = mpijob.NodePool(dict(cluster.node_selector), tuple(V1Toleration(**t) for t in cluster.tolerations))
-    config = mpijob.MPIJobConfig(
+    job = mpijob.MPIJobConfig(
         name=f"{cluster.job_name}-{'low' if stage == LOW_RESOLUTION else 'final'}"[:63].rstrip("-"),
-        namespace=cluster.namespace, image=cluster.image or mpijob.DEFAULT_IMAGE, workers=settings.workers,
+        namespace=cluster.namespace, image=cluster.image or mpijob.DEFAULT_IMAGE, workers=config.workers,
         gpus_per_worker=cluster.gpus_per_worker, node_pool=pool,
     )  # fmt: skip
-    train_on_cluster(args, config, timeout_s=cluster.timeout_s)
-
-
-def _flag(flags: list[str], name: str) -> int:
-    return int(flags[flags.index(name) + 1])
-
-
-def _without(flags: list[str], name: str) -> list[str]:
-    index = flags.index(name)
-    return flags[:index] + flags[index + 2 :]
+    ranks = on_cluster_ranks(config, gpus=cluster.gpus_per_worker > 0)
+    train_on_cluster(mpijob.TrainingArgs(tuple(ranks.to_argv())), job, timeout_s=cluster.timeout_s)
 
 
 def job_name(run_id: str) -> str:
@@ -301,12 +296,12 @@ def register_and_promote(
         `version`, `model_uri` (`models:/cutout/<version>`), `promoted`, `reason`, `champion_version`,
         `comparisons` (per domain: means, difference, interval), `threshold`.
     """
-    from cutout.platform.registry import MODEL_NAME, register_model, set_routing_threshold
-    from cutout.platform.tracking import manifest_hash
+    from cutout.data.manifest import manifest_hash
+    from cutout.platform.registry import register_model, set_routing_threshold
 
     scores = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
     version = register_model(run_id, MODEL_NAME, scores, manifest_hash(holdout))
-    model_uri = f"models:/{MODEL_NAME}/{version}"
+    model_uri = version_uri(version)
     extra = [real_holdout] if real_holdout else []
     holdouts = [(holdout, "val")] + [(data, None) for data in extra + list(extra_holdouts or [])]
     threshold, scored = None, {}
@@ -384,8 +379,8 @@ def gate_against_champion(
         record_promotion(name, version, True, {"reason": reason})
         return {"version": str(version), "promoted": True, "reason": reason, "champion_version": None,
                 "comparisons": []}  # fmt: skip
-    ours = score_per_photo(f"models:/{name}/{version}", holdouts, scored)
-    theirs = score_per_photo(f"models:/{name}/{champion.version}", holdouts)
+    ours = score_per_photo(version_uri(version, name), holdouts, scored)
+    theirs = score_per_photo(version_uri(champion.version, name), holdouts)
     comparisons = [compare_paired(domain, ours[domain], theirs.get(domain, {})) for domain in sorted(ours)]
     verdict = judge(comparisons, margin)
     intervals = {f"{c.domain}_interval": f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}] ({c.count})"
@@ -419,7 +414,7 @@ def score_per_photo(
 class Deployment:
     """Where and how the deploy step serves a model version."""
 
-    namespace: str = "cutout"
+    namespace: str = NAMESPACE
     image: str = ""  # empty: cutout-serve:<version>
     canary_percent: int | None = None
     timeout_s: float = 900.0

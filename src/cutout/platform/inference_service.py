@@ -34,6 +34,7 @@ from kubernetes.client import (
 )
 
 from cutout import __version__
+from cutout.platform.names import APP, CHAMPION_URI, MODEL_NAME, NAMESPACE
 from cutout.platform.pods import Secrets, check_name, container_security_context, secret_env
 from cutout.platform.sdk_models import import_kserve
 
@@ -66,10 +67,10 @@ class Resources:
 class InferenceServiceConfig:
     """What the deploy step serves and how."""
 
-    name: str = "cutout"  # = the model name the transformer forwards to
-    namespace: str | None = "cutout"
+    name: str = MODEL_NAME  # = the model name the transformer forwards to
+    namespace: str | None = NAMESPACE
     image: str = DEFAULT_IMAGE
-    model_uri: str = "models:/cutout@champion"
+    model_uri: str = CHAMPION_URI
     feedback_uri: str = "s3://cutout/feedback"
     threshold: float | None = None  # None: the model version's calibrated one (see cutout.serve.transformer)
     predictor_resources: Resources = field(default_factory=lambda: Resources("1", "2Gi", "2", "4Gi"))
@@ -112,7 +113,7 @@ def build_inference_service(config: InferenceServiceConfig) -> Any:
         containers=[_container(config, "transformer", transformer_args, config.transformer_resources)],
         **component,
     )
-    labels = {"app.kubernetes.io/name": "cutout", "app.kubernetes.io/component": "serving"}
+    labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "serving"}
     return kserve.V1beta1InferenceService(
         api_version=API_VERSION, kind=KIND,
         metadata=V1ObjectMeta(name=config.name, namespace=config.namespace, labels=labels),

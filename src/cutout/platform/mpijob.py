@@ -45,6 +45,7 @@ from kubernetes.client import (
 )
 
 from cutout import __version__
+from cutout.platform.names import APP, NAMESPACE
 from cutout.platform.pods import (
     ISTIO_INJECT,
     Secrets,
@@ -79,15 +80,11 @@ DEFAULT_NODE_POOL = "eks"
 
 @dataclass(frozen=True)
 class TrainingArgs:
-    """What `python -m cutout.train` gets: see `cutout train --help`."""
+    """What `python -m cutout.train` gets on every rank: `cutout train`'s arguments, as
+    `cutout.train.config.TrainConfig.to_argv` writes them (the checkpoint folder one per run, with
+    `--resume`, so that a retried job continues)."""
 
-    data: str
-    checkpoint_dir: str  # s3://…, one per run: retries resume from it
-    run_info: str  # s3://…/run.json: the run id and model URI, for the steps after training
-    model: str = "u2net"
-    epochs: int = 30
-    batch_size: int = 10
-    extra: tuple[str, ...] = ()  # any other `cutout train` flags, passed as they are
+    argv: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,7 @@ class MPIJobConfig:
     """The job's shape and where it runs."""
 
     name: str = "cutout-train"
-    namespace: str = "cutout"
+    namespace: str = NAMESPACE
     image: str = DEFAULT_IMAGE
     workers: int = 2
     gpus_per_worker: int = 1
@@ -118,7 +115,7 @@ def build_mpijob(args: TrainingArgs, config: MPIJobConfig) -> KubeflowOrgV1MPIJo
         ValueError: An invalid name, worker or GPU count, backoff limit, or clean-pod policy.
     """
     _check(config)
-    labels = {"app.kubernetes.io/name": "cutout", "app.kubernetes.io/component": "training"}
+    labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "training"}
     spec = KubeflowOrgV1MPIJobSpec(
         slots_per_worker=_slots(config),
         run_policy=KubeflowOrgV1RunPolicy(
@@ -136,14 +133,9 @@ def build_mpijob(args: TrainingArgs, config: MPIJobConfig) -> KubeflowOrgV1MPIJo
     return KubeflowOrgV1MPIJob(api_version=API_VERSION, kind=KIND, metadata=metadata, spec=spec)
 
 
-def train_command(args: TrainingArgs, gpus: bool) -> list[str]:
+def train_command(args: TrainingArgs) -> list[str]:
     """`python -m cutout.train …` as each rank runs it."""
-    command = ["python", "-m", "cutout.train", args.data, "--model", args.model, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--checkpoint-dir", args.checkpoint_dir,
-               "--run-info", args.run_info, "--resume", "--log-dir", "/tmp/tensorboard"]  # fmt: skip
-    if gpus:
-        command += ["--device", "cuda"]
-    return command + list(args.extra)
+    return ["python", "-m", "cutout.train", *args.argv]
 
 
 def mpirun_command(args: TrainingArgs, config: MPIJobConfig) -> list[str]:
@@ -152,7 +144,7 @@ def mpirun_command(args: TrainingArgs, config: MPIJobConfig) -> list[str]:
     return ["mpirun", "-np", str(ranks), "-bind-to", "none", "-map-by", "slot",
             "-x", "NCCL_DEBUG=WARN", "-x", "PYTHONUNBUFFERED=1", "-x", "LD_LIBRARY_PATH", "-x", "PATH",
             "-mca", "pml", "ob1", "-mca", "btl", "^openib",
-            *train_command(args, gpus=config.gpus_per_worker > 0)]  # fmt: skip
+            *train_command(args)]  # fmt: skip
 
 
 def _launcher_container(args: TrainingArgs, config: MPIJobConfig) -> V1Container:

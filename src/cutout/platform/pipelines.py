@@ -1,17 +1,15 @@
 """Compile the training pipeline, run it here with `kfp.local`, submit it to KFP, or schedule it there.
 
-The pipeline lives in `pipelines/training.py` and its components in `components/`, at the top of the
-repository. They are imported as the packages `pipelines` and `components`: installed beside `cutout`, or
-from the checkout this package is in (an editable install of `src/`), which `load_pipeline` puts on the
-import path when they are not installed.
+The pipeline itself (`pipelines/training.py`, its components in `components/`: shells above this floor)
+is handed in by the caller, the `cutout pipeline` command: these functions compile, describe, run and
+send whatever KFP pipeline they are given.
 
 KFP is reached through `kfp.Client` only, made by `connect` (the seam the tests point at a fake KFP API on
-127.0.0.1). Recurring runs get their cron expression checked first (`cutout.pipeline.cron`).
+127.0.0.1). Recurring runs get their cron expression checked first (`cutout.platform.cron`).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -23,12 +21,10 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from cutout.pipeline.cron import validate_cron
+from cutout.platform.cron import validate_cron
+from cutout.platform.names import EXPERIMENT
 
-PIPELINE_MODULE = "pipelines.training"
-PIPELINE_FUNCTION = "cutout_training_pipeline"
-DEFAULT_EXPERIMENT = "cutout"
-CHECKOUT_ROOT = Path(__file__).resolve().parents[3]  # src/cutout/platform/pipelines.py → the repository
+Pipeline = Any  # a function decorated with `kfp.dsl.pipeline`
 # KFP's parameter types, as compiled, and how a command-line value becomes one.
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "STRING": str,
@@ -40,34 +36,21 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def load_pipeline() -> Any:
-    """The pipeline function (`pipelines.training.cutout_training_pipeline`)."""
-    try:
-        module = importlib.import_module(PIPELINE_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name not in ("pipelines", "components") or not (CHECKOUT_ROOT / "pipelines").is_dir():
-            raise
-        sys.path.insert(0, str(CHECKOUT_ROOT))  # a checkout: the packages sit beside src/
-        module = importlib.import_module(PIPELINE_MODULE)
-    return getattr(module, PIPELINE_FUNCTION)
-
-
-def compile_pipeline(out: str | Path) -> Path:
+def compile_pipeline(pipeline: Pipeline, out: str | Path) -> Path:
     """Compile the pipeline to a YAML package at `out`; returns its path."""
     from kfp import compiler
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(load_pipeline(), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 
-def pipeline_parameters() -> dict[str, dict]:
+def pipeline_parameters(pipeline: Pipeline) -> dict[str, dict]:
     """The pipeline's parameters: name → `{"type": KFP type, "default": value or None (required)}`."""
     from google.protobuf.json_format import MessageToDict
     from kfp.pipeline_spec.pipeline_spec_pb2 import ParameterType
 
-    pipeline = load_pipeline()
     spec = pipeline.pipeline_spec.root.input_definitions.parameters
     parameters = {}
     for name in inspect.signature(pipeline.pipeline_func).parameters:  # in the order the pipeline lists them
@@ -80,14 +63,13 @@ def pipeline_parameters() -> dict[str, dict]:
     return parameters
 
 
-def parse_params(pairs: Iterable[str], parameters: Mapping[str, dict] | None = None) -> dict[str, Any]:
-    """`name=value` strings as typed pipeline arguments (dicts and lists as JSON).
+def parse_params(pairs: Iterable[str], parameters: Mapping[str, dict]) -> dict[str, Any]:
+    """`name=value` strings as typed arguments of a pipeline with `parameters` (dicts and lists as JSON).
 
     Raises:
         ValueError: Not `name=value`, an unknown name (the message lists the known ones), or a value that is
             not of the parameter's type.
     """
-    parameters = pipeline_parameters() if parameters is None else parameters
     arguments = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
@@ -106,9 +88,8 @@ def parse_params(pairs: Iterable[str], parameters: Mapping[str, dict] | None = N
     return arguments
 
 
-def check_required(arguments: Mapping[str, Any], parameters: Mapping[str, dict] | None = None) -> None:
+def check_required(arguments: Mapping[str, Any], parameters: Mapping[str, dict]) -> None:
     """Raise ValueError naming the required parameters (no default) that `arguments` lacks."""
-    parameters = pipeline_parameters() if parameters is None else parameters
     missing = [name for name, p in parameters.items() if p["default"] is None and not p["optional"]]
     missing = [name for name in missing if name not in arguments]
     if missing:
@@ -134,10 +115,11 @@ def _json(text: str, kind: type) -> Any:
 # --- running here -----------------------------------------------------------------------------------
 
 
-def run_local(arguments: Mapping[str, Any], pipeline_root: str | Path) -> None:
+def run_local(pipeline: Pipeline, arguments: Mapping[str, Any], pipeline_root: str | Path) -> None:
     """Run the whole pipeline in this machine's Python (`kfp.local`, one subprocess per step).
 
     Args:
+        pipeline: The KFP pipeline.
         arguments: The pipeline's arguments (`local=True` keeps training and deployment here too).
         pipeline_root: Where KFP keeps each step's artifacts and logs (`<root>/<pipeline>-<time>/<task>/`).
 
@@ -146,12 +128,12 @@ def run_local(arguments: Mapping[str, Any], pipeline_root: str | Path) -> None:
     """
     from kfp import local
 
-    check_required(arguments)
+    check_required(arguments, pipeline_parameters(pipeline))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     with warnings.catch_warnings():
         # The steps run in this Python, not in the pipeline image that KFP warns about.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-        load_pipeline()(**arguments)
+        pipeline(**arguments)
 
 
 # --- a KFP server -----------------------------------------------------------------------------------
@@ -174,9 +156,9 @@ def connect(host: str, namespace: str | None = None, token: str | None = None) -
 
 
 @contextmanager
-def _package(package: str | Path | None):
-    """The given compiled package, or the pipeline compiled now into a temporary file."""
-    if package:
+def _package(package: str | Path | Pipeline):
+    """The given compiled package, or the pipeline given compiled now into a temporary file."""
+    if isinstance(package, str | Path):
         if not Path(package).is_file():
             raise FileNotFoundError(
                 f"no compiled pipeline at {package}: run `cutout pipeline compile -o FILE`"
@@ -184,14 +166,14 @@ def _package(package: str | Path | None):
         yield str(package)
         return
     with tempfile.TemporaryDirectory(prefix="cutout-pipeline-") as folder:
-        yield str(compile_pipeline(os.path.join(folder, "cutout-training.yaml")))
+        yield str(compile_pipeline(package, os.path.join(folder, "cutout-training.yaml")))
 
 
 def submit(
     client: Any,
     arguments: Mapping[str, Any],
-    package: str | Path | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    package: str | Path | Pipeline,
+    experiment: str = EXPERIMENT,
     run_name: str | None = None,
     pipeline_root: str | None = None,
 ) -> str:
@@ -200,7 +182,7 @@ def submit(
     Args:
         client: From `connect`.
         arguments: The pipeline's arguments.
-        package: A compiled pipeline (`cutout pipeline compile`); None compiles it now.
+        package: A compiled pipeline (`cutout pipeline compile`), or the pipeline to compile now.
         experiment: The KFP experiment the run belongs to (created if missing).
         run_name: The run's display name; default: the package's name and the time.
         pipeline_root: Where KFP keeps artifacts, if not the server's default.
@@ -218,8 +200,8 @@ def schedule(
     client: Any,
     cron: str,
     arguments: Mapping[str, Any],
-    package: str | Path | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    package: str | Path | Pipeline,
+    experiment: str = EXPERIMENT,
     name: str = "cutout-retraining",
     max_concurrency: int = 1,
     catchup: bool = False,
@@ -231,7 +213,7 @@ def schedule(
         client: From `connect`.
         cron: Six fields, seconds first (`0 0 3 * * *`: 03:00 every day); checked before anything is sent.
         arguments: The pipeline's arguments for every run.
-        package: A compiled pipeline; None compiles it now.
+        package: A compiled pipeline, or the pipeline to compile now.
         experiment: The KFP experiment (created if missing).
         name: The recurring run's display name.
         max_concurrency: Runs that may overlap (1: a slow run delays the next).
@@ -239,7 +221,7 @@ def schedule(
         pipeline_root: Where KFP keeps artifacts, if not the server's default.
 
     Raises:
-        cutout.pipeline.cron.CronError: The cron expression is not KFP's six-field form.
+        cutout.platform.cron.CronError: The cron expression is not KFP's six-field form.
     """
     cron = validate_cron(cron)
     with _package(package) as path, redirect_stdout(sys.stderr):

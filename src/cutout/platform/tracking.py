@@ -8,7 +8,6 @@ store, because the model registry needs one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Mapping
@@ -18,8 +17,8 @@ from typing import Any
 import mlflow
 
 from cutout.platform import storage
+from cutout.platform.names import EXPERIMENT
 
-EXPERIMENT = "cutout"
 LOCAL_DIR = ".cutout"
 SQLITE_PREFIX = "sqlite:///"
 # Images are built without `.git`: the build passes the commit in through this variable instead.
@@ -103,17 +102,6 @@ def log_report(report_dir: str) -> None:
             mlflow.log_artifact(str(local), artifact_path="/".join(filter(None, [REPORT_ARTIFACTS, folder])))
 
 
-def manifest_hash(dataset: str) -> str:
-    """The sha256 of a dataset's ``manifest.jsonl``: it names exactly which pairs a model saw."""
-    from cutout.data.manifest import manifest_uri
-
-    digest = hashlib.sha256()
-    with storage.local_copy(manifest_uri(dataset)) as local, open(local, "rb") as manifest:
-        for block in iter(lambda: manifest.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def git_commit(folder: str | Path | None = None) -> str:
     """The code's commit: ``$CUTOUT_GIT_COMMIT``, else ``git rev-parse HEAD``, else "unknown"."""
     if os.environ.get(GIT_COMMIT_ENV):
@@ -128,11 +116,11 @@ def git_commit(folder: str | Path | None = None) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def run_tags(dataset: str | None = None, variant: str | None = None) -> dict[str, str]:
+def run_tags(data_hash: str | None = None, variant: str | None = None) -> dict[str, str]:
     """Tags that make a run traceable: the data manifest's hash, the code's commit, the model variant."""
     tags = {"git_commit": git_commit()}
-    if dataset is not None:
-        tags["data_manifest_sha256"] = manifest_hash(dataset)
+    if data_hash is not None:
+        tags["data_manifest_sha256"] = data_hash
     if variant is not None:
         tags["variant"] = variant
     return tags

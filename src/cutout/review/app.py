@@ -25,10 +25,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cutout import __version__
+from cutout.data.feedback_store import ITEM_ID_PATTERN
 from cutout.review.claims import DEFAULT_CLAIM_SECONDS
 from cutout.review.middleware import BodyLimit, SecurityHeaders
 from cutout.review.queue import BadMask, ItemConflict, ItemNotFound, ReviewError, ReviewQueue
-from cutout.serve.feedback import ITEM_ID_PATTERN
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 40-Mpixel 8-bit mask PNG stays well below this

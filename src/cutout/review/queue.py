@@ -1,11 +1,6 @@
 """The review queue's actions: open an item (claiming it), accept, reject, or save a corrected mask.
 
-Layout under a feedback URI (a local folder or ``s3://bucket/prefix``), beside `cutout.serve.feedback`'s::
-
-    review/pending/<id>/...                      waiting items (the transformer writes them)
-    retrain/corrected/images|masks|records/      pairs a person accepted or corrected (`write_pair`)
-    review/rejected/<id>/photo.<ext>, mask.png   items a person rejected, and
-    review/rejected/<id>/item.json               their metadata with the reason, written last
+Where items and decisions are kept is `cutout.data.feedback_store`'s layout.
 
 How an item leaves the queue atomically on S3, which has no rename: the decision is written first
 (its record or ``item.json`` last), then the pending ``item.json`` is deleted (that one delete is the
@@ -31,24 +26,23 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
+from cutout.data.feedback_store import (
+    CORRECTED,
+    ITEM_FILE,
+    ITEM_ID_PATTERN,
+    check_item_id,
+    pending_root,
+    pending_uri,
+    record_uri,
+    rejected_uri,
+    store_uri,
+)
 from cutout.data.io import ImageError, decode_image, encode_image, image_info, read_header, to_mask_values
 from cutout.data.manifest import SOURCE_ACCEPTED, SOURCE_CORRECTED
 from cutout.platform import storage
 from cutout.review.claims import DEFAULT_CLAIM_SECONDS, Claim, ClaimConflict, Claims
-from cutout.serve.feedback import (
-    ITEM_FILE,
-    ITEM_ID_PATTERN,
-    RECORDS,
-    PendingItem,
-    check_item_id,
-    list_pending,
-    pending_root,
-    pending_uri,
-    write_pair,
-)
+from cutout.serve.feedback import PendingItem, list_pending, write_pair
 
-CORRECTED_STORE = "retrain/corrected"
-REVIEW_REJECTED = "review/rejected"
 ACCEPT, REJECT, SAVE = "accept", "reject", "save"
 _PAST = {ACCEPT: "accepted", REJECT: "rejected", SAVE: "corrected"}
 _ITEM_FILES = ("id", "photo", "mask")  # item.json keys that name the pending files, not facts
@@ -89,12 +83,7 @@ class OpenedItem:
 
 def corrected_store(feedback_uri: str) -> str:
     """Where reviewed pairs go: ``<feedback_uri>/retrain/corrected`` (the dataset record layout)."""
-    return storage.join(feedback_uri, CORRECTED_STORE)
-
-
-def rejected_uri(feedback_uri: str, item_id: str) -> str:
-    """One rejected item's folder."""
-    return storage.join(feedback_uri, REVIEW_REJECTED, check_item_id(item_id))
+    return store_uri(feedback_uri, CORRECTED)
 
 
 def item_version(item: PendingItem) -> str:
@@ -299,7 +288,7 @@ class ReviewQueue:
 
     def _decision(self, item_id: str) -> dict | None:
         """The decision written for an item (corrected/accepted record or rejection), if any."""
-        for uri in (storage.join(corrected_store(self.feedback_uri), RECORDS, f"{item_id}.json"),
+        for uri in (record_uri(corrected_store(self.feedback_uri), item_id),
                     storage.join(rejected_uri(self.feedback_uri, item_id), ITEM_FILE)):  # fmt: skip
             with contextlib.suppress(FileNotFoundError):
                 return json.loads(storage.read_bytes(uri))

@@ -1,21 +1,6 @@
 """Feedback routing: confident predictions become training pairs, doubtful ones wait for a person.
 
-Layout under a feedback URI (a local folder or ``s3://bucket/prefix``)::
-
-    retrain/auto/images/<id>.<ext>      the photo as the client sent it
-    retrain/auto/masks/<id>.png         the predicted mask (8-bit, the photo's upright size)
-    retrain/auto/records/<id>.json      its manifest record, written last
-    retrain/auto/manifest.jsonl         `merge_records` builds it from records/ (a snapshot)
-    review/pending/<id>/photo.<ext>     the photo
-    review/pending/<id>/mask.png        the predicted mask
-    review/pending/<id>/item.json       score, threshold, model, time; written last
-
-Why one record file per pair and not an appended ``manifest.jsonl``: S3 has no append, so a shared
-manifest would be read-modify-written by every transformer replica and lose records when two race. A
-record file per pair is one atomic PUT; `merge_records` turns the records into the dataset layout's
-manifest whenever a reader (the pipeline's merge step, the tests) needs one. The record or
-``item.json`` is written after the files it names, so a reader that trusts only items with one never
-sees a half-written item.
+The store's layout is `cutout.data.feedback_store`'s; this module writes and reads it for serving.
 
 Writes run on one background thread behind a bounded queue (`FeedbackRouter`): a slow or failing store
 never slows or fails a response. A full queue drops the item, and failed writes are logged; both are
@@ -29,7 +14,6 @@ import json
 import logging
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -41,21 +25,26 @@ import numpy as np
 from PIL import Image
 from prometheus_client import Counter, Gauge, Histogram
 
+from cutout.data.feedback_store import (
+    AUTO,
+    ITEM_FILE,
+    ITEM_ID_PATTERN,
+    check_item_id,
+    pending_root,
+    pending_uri,
+    record_files,
+    record_uri,
+    store_uri,
+)
 from cutout.data.io import encode_image
 from cutout.data.manifest import MANIFEST_NAME, SOURCE_AUTO
 from cutout.platform import storage
 
 logger = logging.getLogger(__name__)
 
-RETRAIN, REVIEW = "retrain", "review"
-RETRAIN_STORE = "retrain/auto"
-REVIEW_PENDING = "review/pending"
-RECORDS = "records"
-ITEM_FILE = "item.json"
+RETRAIN, REVIEW = "retrain", "review"  # where a routed item goes
 DEFAULT_QUEUE_SIZE = 64
 SOURCE = SOURCE_AUTO  # the manifest's `source` of auto-accepted pairs
-# Item ids become file and folder names: letters, digits, '-' and '_' only (no traversal, no dots).
-ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 # Pillow's format names → file extensions; other formats keep their lower-cased name.
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif"}
 
@@ -74,13 +63,6 @@ def new_item_id(now: float | None = None) -> str:
     """A unique, time-sortable item id such as ``20250102T030405Z-1a2b3c4d5e6f``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     return f"{stamp}-{uuid.uuid4().hex[:12]}"
-
-
-def check_item_id(item_id: str) -> str:
-    """Return `item_id` if it is safe as a file name, else raise ValueError naming it."""
-    if not isinstance(item_id, str) or not ITEM_ID_PATTERN.fullmatch(item_id):
-        raise ValueError(f"invalid item id {item_id!r}: use 1-128 letters, digits, '-' or '_'")
-    return item_id
 
 
 def photo_extension(image_format: str) -> str:
@@ -153,7 +135,7 @@ def _encoded_mask(item: FeedbackItem) -> bytes:
 
 def retrain_store(feedback_uri: str) -> str:
     """Where auto-accepted pairs go: ``<feedback_uri>/retrain/auto``."""
-    return storage.join(feedback_uri, RETRAIN_STORE)
+    return store_uri(feedback_uri, AUTO)
 
 
 def write_pair(store: str, item_id: str, photo: bytes, photo_ext: str, mask_png: bytes, record: dict) -> dict:
@@ -168,7 +150,7 @@ def write_pair(store: str, item_id: str, photo: bytes, photo_ext: str, mask_png:
     storage.write_bytes(storage.join(store, record["image"]), photo)
     storage.write_bytes(storage.join(store, record["mask"]), mask_png)
     # Last: a pair exists for readers once its record does.
-    storage.write_bytes(storage.join(store, RECORDS, f"{item_id}.json"), json.dumps(record).encode())
+    storage.write_bytes(record_uri(store, item_id), json.dumps(record).encode())
     return record
 
 
@@ -178,7 +160,7 @@ def merge_records(store: str) -> int:
     The manifest is a snapshot: pairs written later join it at the next merge. It is spooled to a
     local file (memory stays flat) and then written in one atomic step.
     """
-    records = sorted(storage.list_files(storage.join(store, RECORDS), suffixes=(".json",)))
+    records = record_files(store)
     with tempfile.TemporaryDirectory(prefix="cutout-merge-") as folder:
         spool = os.path.join(folder, MANIFEST_NAME)
         with open(spool, "w", encoding="utf-8") as manifest:
@@ -189,16 +171,6 @@ def merge_records(store: str) -> int:
 
 
 # --- the review queue ---------------------------------------------------------------------------
-
-
-def pending_root(feedback_uri: str) -> str:
-    """The review queue's folder of pending items."""
-    return storage.join(feedback_uri, REVIEW_PENDING)
-
-
-def pending_uri(feedback_uri: str, item_id: str) -> str:
-    """One pending item's folder; ValueError for an id that is not a safe name."""
-    return storage.join(pending_root(feedback_uri), check_item_id(item_id))
 
 
 def write_review_item(feedback_uri: str, item_id: str, photo: bytes, photo_ext: str, mask_png: bytes,

@@ -23,7 +23,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
-DEFAULT_MODEL_URI = "models:/cutout@champion"
+from cutout.platform.names import CHAMPION_URI, MODEL_NAME
+
+DEFAULT_MODEL_URI = CHAMPION_URI
 DEFAULT_FEEDBACK_URI = ".cutout/feedback"
 DEFAULT_PORT = 8080
 HOST = "127.0.0.1"
@@ -60,7 +62,7 @@ class LocalService:
 
 
 def predictor_command(
-    model_uri: str, port: int, runtime: str | None = None, model_name: str = "cutout"
+    model_uri: str, port: int, runtime: str | None = None, model_name: str = MODEL_NAME
 ) -> list[str]:
     """The command line of the predictor process."""
     command = [sys.executable, "-m", "cutout.serve.predictor", "--host", HOST, "--http_port", str(port),
@@ -73,7 +75,7 @@ def transformer_command(
     port: int,
     predictor_port: int,
     threshold: float | None = None,
-    model_name: str = "cutout",
+    model_name: str = MODEL_NAME,
 ) -> list[str]:
     """The command line of the transformer process."""
     command = [sys.executable, "-m", "cutout.serve.transformer", "--host", HOST, "--http_port", str(port),

@@ -25,8 +25,9 @@ from cutout.compose import alpha_at_size
 from cutout.evaluate.confidence import mask_confidence
 from cutout.model.builtin import BUILTIN_MODELS, is_builtin
 from cutout.model.inference import MaskPredictor, minmax_normalise, preprocess
-from cutout.model.loader import REGISTRY_SCHEME, load_predictor
+from cutout.model.loader import load_predictor
 from cutout.platform import storage
+from cutout.platform.names import MODEL_NAME, ModelRef, is_registry_uri  # MODEL_NAME: the service's name too
 from cutout.serve import codec
 from cutout.serve.photos import DecodeLimits, Photo, PhotoResult, encode_png, render_cutout
 from cutout.serve.server import decode_limits, serve_from_args, server_parser
@@ -34,7 +35,6 @@ from cutout.serve.server import decode_limits, serve_from_args, server_parser
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx")
-MODEL_NAME = "cutout"  # the InferenceService name: the transformer forwards to /v2/models/<its name>/infer
 
 
 class BackgroundRemover(kserve.Model):
@@ -138,13 +138,15 @@ def resolve_model_version(uri: str) -> tuple[str, str]:
     """
     if is_builtin(uri):  # its hash is known, and checked when the file loads
         return uri, f"{uri}-{BUILTIN_MODELS[uri].sha256[:12]}"
-    if uri.startswith(REGISTRY_SCHEME):
+    if is_registry_uri(uri):
         from cutout.platform.registry import pin_alias
 
         pinned = pin_alias(uri)
         if pinned is None:
-            name, alias = uri.removeprefix(REGISTRY_SCHEME).split("@", 1)
-            raise ValueError(f"{uri}: no version of registered model {name!r} holds the alias {alias!r}")
+            ref = ModelRef.parse(uri)
+            raise ValueError(
+                f"{uri}: no version of registered model {ref.name!r} holds the alias {ref.alias!r}"
+            )
         return pinned, pinned.rsplit("/", 1)[-1]  # models:/NAME/VERSION, or a logged model's id
     digest = hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:12]
     return uri, f"{PurePosixPath(uri).name}-{digest}"
@@ -162,7 +164,7 @@ def check_runtime(uri: str, runtime: str) -> None:
     is_onnx = uri.lower().endswith(".onnx")
     if runtime == "torch" and is_onnx:
         raise ValueError(f"--runtime torch needs a checkpoint, but {uri} is an ONNX file: use --runtime onnx")
-    if runtime == "onnx" and not is_onnx and not uri.startswith(REGISTRY_SCHEME):
+    if runtime == "onnx" and not is_onnx and not is_registry_uri(uri):
         raise ValueError(
             f"--runtime onnx needs an .onnx file or a registered model, not {uri}: "
             "export it with `cutout export onnx` or use --runtime torch"

@@ -166,11 +166,10 @@ def bound_allocator_growth() -> bool:
 
     Each request allocates a few large buffers (the photo, its pixels, PNGs, base64 text) on worker
     threads. glibc raises its mmap threshold every time such a buffer is freed, so later ones come from
-    per-thread heaps that fragment and never shrink: a transformer grew from 366 to 408 MiB over 800
-    requests, and by 80 MiB per 1,000 in the soak. With a fixed 1 MiB threshold (large buffers go back
-    to the system when freed) and two arenas it stayed at 224–230 MiB (the predictor: 497 MiB against
-    546), measured side by side on the same requests. Set here rather than by MALLOC_* variables so that
-    every way of starting a server gets it.
+    per-thread heaps that fragment and never shrink, and the server's memory grows with the requests it
+    serves. A fixed threshold sends large buffers back to the system when they are freed, and two arenas
+    bound the heaps that can fragment. Set here rather than by MALLOC_* variables so that every way of
+    starting a server gets it.
     """
     libc = _glibc()
     if libc is None:
@@ -204,14 +203,11 @@ def _glibc() -> ctypes.CDLL | None:
 def trim_heap_periodically(interval: float = HEAP_TRIM_SECONDS) -> threading.Thread:
     """`trim_heap` every `interval` seconds on a daemon thread, for the life of the process.
 
-    Buffers under the mmap threshold (request bodies of 0.5 MB, masks, base64 text) come from the
-    heap, and which ones are alive at once depends on how requests overlap: a freed hole stays resident
-    until glibc trims it, which it does only at the top of a heap: a transformer climbed from 283 to
-    305 MiB over the first 2,000 requests after a soak's warm-up. ``malloc_trim`` also releases whole
-    free pages inside the heap: 2.5 ms when it released 57 MiB, 0.1 ms when there was nothing to
-    release, so once a second costs nothing measurable. With it (and the transformer's own fix,
-    `cutout.serve.transformer.release_stream`), 10,000 requests read at rest left both flat: the
-    transformer at 215-218 MiB, the predictor at 495-498 MiB.
+    Buffers under the mmap threshold (request bodies, masks, base64 text) come from the heap, and which
+    ones are alive at once depends on how requests overlap: a freed hole stays resident until glibc
+    trims it, which it does only at the top of a heap, so memory creeps up. ``malloc_trim`` also
+    releases whole free pages inside the heap, and is cheap enough to run every second. With it (and the
+    transformer's own fix, `cutout.serve.transformer.release_stream`) both servers stay flat at rest.
     """
 
     def trim_forever() -> None:

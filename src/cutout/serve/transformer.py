@@ -19,13 +19,12 @@ response. Per request:
 
 Why the predictor composes the cutouts: it renders them anyway when called directly, and on two
 cores every millisecond the transformer spends decoding the full photo, decoding the mask PNG and
-encoding the cutout again is taken from the network. Passing the PNGs on cut what the transformer adds
-to the predictor's median latency at concurrency 1 from 18% to 6% (int8 ONNX, 1000×1500 photos,
-`tests/benchmarks/bench_serve.py`).
+encoding the cutout again is taken from the network, so passing the PNGs on keeps what the transformer
+adds to the predictor's latency small.
 
 The threshold is ``--threshold`` if given; otherwise the one stored on the registered model version
 that made the prediction (`cutout.platform.registry.routing_threshold`, looked up once per version), and
-`DEFAULT_THRESHOLD` for a model that has none (a file, or a version never calibrated).
+`UNCALIBRATED_THRESHOLD` for a model that has none (a file, or a version never calibrated).
 
 Metrics at ``/metrics``: requests and latency per route (`cutout.serve.server`), KServe's per-step
 histograms, the time spent waiting for the predictor, and the routing counters and score histogram of
@@ -53,6 +52,11 @@ from kserve.errors import InvalidInput, ModelNotReady
 from prometheus_client import Histogram
 
 from cutout.data.io import read_header
+from cutout.platform.names import (  # MODEL_NAME: the service's name too
+    MODEL_NAME,
+    UNCALIBRATED_THRESHOLD,
+    version_uri,
+)
 from cutout.serve import codec
 from cutout.serve.feedback import DEFAULT_QUEUE_SIZE, FeedbackItem, FeedbackRouter
 from cutout.serve.photos import DEFAULT_LIMITS, CutoutOptions, DecodeLimits, Photo, PhotoResult
@@ -60,8 +64,6 @@ from cutout.serve.server import decode_limits, serve_from_args, server_parser
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "cutout"  # the InferenceService name: the predictor serves the same one
-DEFAULT_THRESHOLD = 0.5  # for models with no calibrated threshold (`cutout calibrate-threshold`)
 MAX_REQUEST_ID = 128  # characters of a client's request id kept with a routed item
 
 PREDICTOR_SECONDS = Histogram(
@@ -215,7 +217,7 @@ class FeedbackTransformer(kserve.Model):
         if key not in self._thresholds:
             value = await asyncio.to_thread(stored_threshold, model_name, model_version)
             with self._thresholds_lock:
-                self._thresholds[key] = DEFAULT_THRESHOLD if value is None else value
+                self._thresholds[key] = UNCALIBRATED_THRESHOLD if value is None else value
             note = "" if value is not None else " (none stored: the default)"
             logger.info("routing threshold for %s version %s: %.4f%s", model_name, model_version,
                         self._thresholds[key], note)  # fmt: skip
@@ -281,10 +283,9 @@ def release_stream(response: httpx.Response) -> None:
 
     Left alone, the cycle outlives the request. By then its objects have usually been promoted to the
     oldest garbage-collector generation, so the predictor's answer (megabytes of base64 PNGs) and the
-    photo sent stay resident until the next full collection, which a process with 190,000 long-lived
-    objects runs rarely: at rest the transformer held 20-30 MiB of such garbage, 235 to 270 MiB from one
-    reading to the next over a 10,000-request soak. With the cycle broken, reference counting frees them
-    at once, and the same soak read 215-218 MiB throughout.
+    photo sent stay resident until the next full collection, which a process with many long-lived
+    objects runs rarely: the transformer's memory swings with the garbage it holds. With the cycle
+    broken, reference counting frees them at once.
     """
     response.stream = httpx.ByteStream(b"")  # the body is read; the stream is never used again
 
@@ -364,7 +365,7 @@ def stored_threshold(model_name: str, model_version: str) -> float | None:
     try:
         from cutout.platform.registry import routing_threshold
 
-        return routing_threshold(f"models:/{model_name}/{model_version}")
+        return routing_threshold(version_uri(model_version, model_name))
     except Exception as error:  # the transformer must serve even when the registry is away
         logger.warning(
             "no threshold for %s version %s from the registry: %s", model_name, model_version, error
@@ -380,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = server_parser("cutout serve transformer", __doc__.split("\n")[0], MODEL_NAME)
     add = parser.add_argument
     add("--feedback-uri", required=True, help="root of the retraining store and review queue")
-    add("--threshold", type=float, help=f"routing threshold; unset: the model's, else {DEFAULT_THRESHOLD}")
+    add(
+        "--threshold",
+        type=float,
+        help=f"routing threshold; unset: the model's, else {UNCALIBRATED_THRESHOLD}",
+    )
     add("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
         help="routed items waiting for the store before new ones are dropped")  # fmt: skip
     return parser

@@ -1,6 +1,6 @@
 """`--find-batch-size`: the largest per-worker batch that trains without running out of memory.
 
-The seed searched by hand after out-of-memory failures. On a GPU we double the batch until a training
+Searching by hand costs a failed job per guess. On a GPU we double the batch until a training
 step fails, then bisect; on the CPU an out-of-memory kills the process instead of raising, so we
 measure the memory one more image costs and divide what is available (keeping a safety margin).
 """

@@ -10,11 +10,10 @@ normalise by batch statistics again and the first step would wreck the network. 
   trains as usual (batch statistics, learned scale and shift), as the original U²-Net was trained.
 - `train`: ordinary batch norm (models from scratch, or checkpoints whose batch norms are real).
 
-`auto` picks `frozen` when every batch norm is an identity and `train` otherwise. Measured: the official
-U²-NetP fine-tuned for one epoch on 300 real street-fashion photos (Adam 3e-5, batch 8, 320 px, crop
-288), scored on the 200 real photos the package ships (mean IoU, official 0.9504): frozen 0.9550,
-re-estimated 0.9518. Re-estimating starts the batch norms from statistics of 25 batches, which train
-mode then replaces with each batch's own, noisier ones at batch 8.
+`auto` picks `frozen` when every batch norm is an identity and `train` otherwise: fine-tuned on real
+photos, the official U²-NetP scores higher with frozen batch norms than with re-estimated ones
+(figures: `docs/benchmarks.md`). Re-estimating starts the batch norms from statistics of many batches,
+which train mode then replaces with each small batch's own, noisier ones.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-BATCH_NORM_MODES = ("auto", "frozen", "reestimate", "train")
+from cutout.train.config import BATCH_NORM_MODES
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-from cutout.data.parallel import available_cores
+from cutout.platform.parallel import available_cores
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,10 @@ def launched_by_horovod() -> bool:
     return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
 
 
-# Local workers share the machine's few cores, so CPU spent outside the model is CPU the model loses.
-# Measured over one epoch of 2 workers on 2 cores (U²-NetP, 96 px): 46 s of CPU by default, 36 s with
-# these: Horovod's background thread wakes up less often to look for ready tensors (every 20 ms, a few
-# per training step), and glibc keeps large freed activations instead of returning them to the kernel at
-# every step (that showed as system time). An environment that sets these variables wins.
+# Local workers share the machine's few cores, so CPU spent outside the model is CPU the model loses. With
+# these, Horovod's background thread wakes up less often to look for ready tensors (every 20 ms), and
+# glibc keeps large freed activations instead of returning them to the kernel at every step (system time
+# spent for nothing). An environment that sets these variables wins.
 LOCAL_WORKER_ENV = {
     "HOROVOD_CYCLE_TIME": "20",
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cutout.data.manifest import manifest_hash
 from cutout.platform import storage
 from cutout.train.distributed import Workers
 
@@ -42,7 +43,7 @@ class TrainingTracker:
         tracking.configure_tracking(args.tracking_uri)
         if run_id is not None:  # a restarted job: same run, metrics continue where they stopped
             return mlflow.start_run(run_id=run_id).info.run_id
-        run = tracking.start_run(args.run_name, tags=tracking.run_tags(args.data, args.model))
+        run = tracking.start_run(args.run_name, tags=tracking.run_tags(manifest_hash(args.data), args.model))
         tracking.log_params({name: getattr(args, name) for name in PARAMS} | {"workers": workers})
         return run.info.run_id
 
@@ -52,18 +53,6 @@ class TrainingTracker:
     ) -> TrainingTracker:
         """A recording tracker on rank 0, a silent one elsewhere."""
         return cls(args if workers.is_root else None, run_id, workers.size)
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--log-dir", default=".cutout/tensorboard", help="TensorBoard event folder (local)"
-        )
-        parser.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True,
-                            help="log the run to MLflow (default: on)")  # fmt: skip
-        where = "MLflow server or database (default: $MLFLOW_TRACKING_URI, else .cutout/mlflow.db)"
-        parser.add_argument("--tracking-uri", help=where)
-        parser.add_argument("--run-name", help="MLflow run name")
-        parser.add_argument("--run-info", help="write the run id, model URI and checkpoint here as JSON")
 
     def log_epoch(self, metrics: dict) -> None:
         """One epoch's metrics, at step = epoch."""
@@ -99,8 +88,8 @@ class TrainingTracker:
     def _log_outputs(self, checkpoint: str | None) -> str | None:
         import mlflow
 
-        from cutout.platform.registry import log_model
         from cutout.platform.tracking import log_tensorboard
+        from cutout.train.logged_model import log_model
 
         log_tensorboard(Path(self.args.log_dir))
         model_uri = log_model(checkpoint, run_id=self.run_id) if checkpoint else None
