@@ -8,7 +8,7 @@ export CUTOUT_WHEEL_CACHE ?= $(HOME)/.cache/cutout/wheels
 # The official U²-NetP weights, fetched once at set-up (never at run time) and read by `--model u2netp`.
 export CUTOUT_WEIGHTS_CACHE ?= $(HOME)/.cache/cutout/weights
 
-.PHONY: demo test bench lint format clean images weights
+.PHONY: demo test bench bench-rembg lint format clean images weights
 
 $(STAMP): pyproject.toml scripts/build-horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench: weights
 	$(PY) -m tests.benchmarks.bench_train
 	$(PY) -m tests.benchmarks.bench_inference
 	$(PY) -m tests.benchmarks.bench_serve --soak-requests $(BENCH_SOAK_REQUESTS)
+	$(MAKE) bench-rembg
+
+# cutout against rembg on the same official weights. rembg pins ONNX Runtime and more against ours: it gets a
+# virtual environment of its own, made once beside the other caches.
+REMBG_VENV ?= $(HOME)/.cache/cutout/bench/rembg-venv
+BENCH_REMBG_PHOTOS ?= 24
+bench-rembg: weights
+	$(REMBG_VENV)/bin/python -c 'import rembg' 2>/dev/null || { $(PYTHON) -m venv $(REMBG_VENV) && \
+		$(REMBG_VENV)/bin/pip install --quiet 'rembg[cpu]==2.0.86'; }
+	$(PY) -m tests.benchmarks.bench_rembg --rembg-python $(REMBG_VENV)/bin/python --photos $(BENCH_REMBG_PHOTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests components pipelines

@@ -59,6 +59,6 @@ def train(
     if not local:
         cluster = steps.ClusterTraining(steps.job_name(run_id), namespace, train_image, gpus_per_worker,
                                         node_selector, tolerations, timeout_s)  # fmt: skip
-    info = steps.train(src, steps.sibling(src, "training"), settings, cluster)
+    info = steps.train(src, steps.sibling(src, steps.TRAINING_FOLDER), settings, cluster)
     model.metadata.update(steps.pointer(model.path, info))
     print(f"trained: MLflow run {info['run_id']}, model {info['model_uri']}")

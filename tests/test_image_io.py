@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -325,6 +326,23 @@ def test_encode_round_trip(fmt):
     assert decoded.size == photo.size
     if fmt == "PNG":
         assert np.array_equal(np.asarray(decoded), np.asarray(photo))
+
+
+def test_a_fast_png_of_a_real_cutout_is_lossless_and_smaller_than_zlibs_plain_fast_level():
+    from cutout.compose import compose_cutout
+    from cutout.data.real import REAL_PHOTOS
+
+    name = "ccp_0003"
+    photo = read_image(f"{REAL_PHOTOS}/images/{name}.jpg").resize((1000, 1500))
+    alpha = mask_to_image(read_mask(f"{REAL_PHOTOS}/masks/{name}.png")).resize((1000, 1500))
+    cutout = compose_cutout(photo, alpha)
+    plain = io.BytesIO()
+    cutout.save(plain, "PNG", compress_level=1)
+
+    fast = encode_image(cutout, "PNG", compress_level=1)
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(cutout))
+    assert len(fast) < len(plain.getvalue())  # run-length packing of the transparent runs, same speed
 
 
 def test_encode_refuses_alpha_in_jpeg_and_unknown_formats():

@@ -57,15 +57,19 @@ from cutout.data.manifest import copy_pairs, read_jsonl, read_manifest
 from cutout.data.real import REAL_PHOTOS
 from cutout.data.synth import generate_pair
 from cutout.evaluate.metrics import mask_iou
+from cutout.pipeline.steps import FINAL, RUN_INFO, TRAINING_FOLDER
 from cutout.platform import storage
 from cutout.platform.names import (
     CALIBRATED,
     CHAMPION_URI,
+    MODEL_NAME,
     ROUTING_THRESHOLD_TAG,
     given_threshold,
     version_uri,
 )
+from cutout.platform.registry import promotion_tags
 from cutout.platform.tracking import local_dir, local_tracking_uri
+from cutout.serve.codec import v1_predict_path
 from cutout.serve.feedback import RETRAIN, REVIEW, list_pending
 from cutout.serve.local import start_local_service, terminate, wait_until_ready
 
@@ -94,17 +98,14 @@ class DemoSettings:
     start_from: str = "u2netp"  # the built-in model the registry starts from
     pairs: int = 80  # the studio catalogue's synthetic photos
     photo_size: tuple[int, int] = (400, 600)
-    real_photos: int = (
-        100  # shipped real photos in the catalogue; the next `real_holdout` ones are the holdout
-    )
+    real_photos: int = 100  # shipped real photos in the catalogue; the next `real_holdout` are the holdout
     real_holdout: int = 100
     calibration_pairs: int = 40  # studio photos the first champion's routing threshold is chosen on
     clean_size: int = 320  # the clean step's square size
     copies: int = 0  # augmented variants per training pair
     # Fine-tuning the official weights: one epoch at the size they were trained at, batch norm frozen
-    # (cutout.train.batchnorm), Adam at 1e-5 per worker (2e-5 with two). Real-photo holdout, official 0.953:
-    # 1e-5 gave 0.937 (and 0.698 → 0.770 on the new backdrop), 5e-6 0.946, 3e-5 0.913: every rate tried
-    # loses on real photos, most where a crowd stands behind the subject, so the gate keeps the champion.
+    # (cutout.train.batchnorm), Adam at 1e-5 per worker. Every rate tried teaches the new backdrop and loses
+    # a little on real photos (docs/benchmarks.md), so the gate keeps the champion: the story is the gate.
     epochs: int = 1
     input_size: int = 320
     crop: int = 288
@@ -376,17 +377,18 @@ def _run_pipeline(w: Path, params: dict[str, object], env: dict[str, str]) -> Pi
     _run_cli("pipeline", "run", "--local", "--pipeline-root", str(w / "kfp"), *flags, env=env,
              log=work.with_name(f"{work.name}.log"))  # fmt: skip
     (folder,) = work.iterdir()  # the run's folder, named by its KFP run id
-    final = json.loads((folder / "training" / "run-final.json").read_text())
+    final = json.loads((folder / TRAINING_FOLDER / RUN_INFO.format(stage=FINAL)).read_text())
     client = _mlflow(env)
     (found,) = client.search_model_versions(f"run_id = '{final['run_id']}'")
     version = client.get_model_version(found.name, found.version)
     tags = version.tags
     threshold = tags.get(ROUTING_THRESHOLD_TAG)
-    intervals = {key[len("promotion.") : -len("_interval")]: value for key, value in tags.items()
-                 if key.startswith("promotion.") and key.endswith("_interval")}  # fmt: skip
+    decision = promotion_tags(tags)
+    intervals = {key.removesuffix("_interval"): value for key, value in decision.items()
+                 if key.endswith("_interval")}  # fmt: skip
     pretrained = client.get_run(final["run_id"]).data.params.get("pretrained", "")
     return PipelineRun(folder, final["run_id"], str(version.version), float(tags["mean_iou"]),
-                       tags.get("promotion.promoted") == "True", tags.get("promotion.reason", ""),
+                       decision.get("promoted") == "True", decision.get("reason", ""),
                        float(threshold) if threshold else None, pretrained, intervals)  # fmt: skip
 
 
@@ -412,7 +414,7 @@ def _ask_for_cutout(url: str, photo: Path) -> dict:
     """One v1 request, as a catalogue system sends it; the photo's name travels as the request id."""
     body = json.dumps({"instances": [{"image_b64": base64.b64encode(photo.read_bytes()).decode()}]}).encode()
     headers = {"Content-Type": "application/json", "X-Request-Id": photo.stem}
-    request = urllib.request.Request(f"{url}/v1/models/cutout:predict", body, headers)
+    request = urllib.request.Request(url + v1_predict_path(MODEL_NAME), body, headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
 

@@ -35,6 +35,7 @@ from cutout.train.config import TrainConfig, on_cluster_ranks
 
 RUNS_FOLDER = "runs"
 OUTCOME_FILE = "outcome.json"
+TRAINING_FOLDER = "training"  # beside the training data: checkpoints, run infos, TensorBoard logs
 RUN_INFO = "run-{stage}.json"
 LOW_RESOLUTION, FINAL = "low-resolution", "final"
 _RELATIVE_IMAGE = re.compile(r"""src=(['"])(?![a-z]+:|/)([^'"]+)\1""")

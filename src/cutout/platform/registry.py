@@ -33,6 +33,7 @@ from cutout.platform.tracking import current_tracking_uri
 ARTIFACT_NAME = "model"  # the logged model's name within its run: runs:/<run_id>/model
 CHECKPOINT, ONNX = "checkpoint", "onnx"
 HOLDOUT_TAG = "holdout"  # the evaluation set's manifest hash: scores compare only on the same holdout
+PROMOTION_PREFIX = "promotion."  # the gate's decision, on the version it judged
 LATEST = "latest"  # `--run-id latest`, `--version latest`: the newest one, as `models:/NAME/latest` reads
 _NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
@@ -111,7 +112,13 @@ def record_promotion(
     if promoted:
         client.set_registered_model_alias(name, alias, str(version))
     for key, value in {"promoted": promoted, **details}.items():
-        client.set_model_version_tag(name, str(version), f"promotion.{key}", str(value))
+        client.set_model_version_tag(name, str(version), f"{PROMOTION_PREFIX}{key}", str(value))
+
+
+def promotion_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The gate's decision as `record_promotion` wrote it on a version: key → value, prefix removed."""
+    return {key.removeprefix(PROMOTION_PREFIX): value for key, value in tags.items()
+            if key.startswith(PROMOTION_PREFIX)}  # fmt: skip
 
 
 def pin_alias(uri: str) -> str | None:

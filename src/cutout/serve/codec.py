@@ -99,6 +99,11 @@ class DecodedRequest:
     v2_request: InferRequest | None = field(default=None, repr=False)
 
 
+def v1_predict_path(model_name: str) -> str:
+    """Where a KServe v1 prediction request goes."""
+    return f"/v1/models/{model_name}:predict"
+
+
 def decode_request(
     payload: Any, limits: DecodeLimits = DEFAULT_LIMITS, preview: bool = False
 ) -> DecodedRequest:

@@ -24,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import IO
 
 from cutout.platform.names import CHAMPION_URI, MODEL_NAME
+from cutout.serve.codec import v1_predict_path
 
 DEFAULT_MODEL_URI = CHAMPION_URI
 DEFAULT_FEEDBACK_URI = ".cutout/feedback"
@@ -146,7 +147,7 @@ def serve_local(**options) -> int:
         service = start_local_service(**options)
         try:
             print(f"predictor:   {service.predictor_url}", flush=True)
-            print(f"transformer: {service.transformer_url}  (POST /v1/models/cutout:predict or "
+            print(f"transformer: {service.transformer_url}  (POST {v1_predict_path(MODEL_NAME)} or "
                   "/v2/models/cutout/infer)", flush=True)  # fmt: skip
             print("Ctrl-C stops both.", flush=True)
             while all(process.poll() is None for process in service.processes):
