@@ -1,11 +1,14 @@
 """A mistake a user makes ends in one line that names it and what to do; the traceback only with --debug.
 
+Without a terminal, output is whole lines: no progress bar.
+
 The `cutout` command runs as a user runs it: its own process, no TTY, no COLUMNS, stdin closed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +75,11 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0
     assert "Traceback" in result.stderr or "─" in result.stderr
     assert "RestException" in result.stderr or "MlflowException" in result.stderr
+
+
+def test_without_a_terminal_the_output_is_whole_lines_and_no_progress_bar(tmp_path):
+    result = run_cutout("remove", PHOTO, "-o", "out", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "━" not in result.stderr  # a bar drawn into a log is noise between the result lines
+    assert re.search(r"^1 written to out/?, 0 failed", result.stderr, flags=re.MULTILINE), result.stderr

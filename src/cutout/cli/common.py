@@ -48,7 +48,8 @@ def with_progress(label: str, step: Callable[..., T], total: int | None = None) 
 def progress(label: str, total: int | None) -> Iterator[Callable[[], None]]:
     """A progress bar on stderr; yields the function that advances it by one."""
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    # Only on a terminal: elsewhere (CI, a pipe, a log file) a bar is noise between the result lines.
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total)
         yield lambda: progress.advance(task)
 

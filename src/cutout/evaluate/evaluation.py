@@ -18,7 +18,6 @@ from cutout.evaluate.report import ExamplesByDomain, make_example, write_report
 from cutout.model.inference import MaskPredictor, predict_probabilities
 from cutout.model.loader import load_predictor
 from cutout.platform import storage
-from cutout.platform.names import is_registry_uri
 
 EXAMPLES = 6  # worst and best pairs shown in the report, each, per domain
 DEFAULT_CLUSTER = "all"  # the cluster of pairs whose record has none
@@ -94,24 +93,13 @@ def score_pairs(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     split = effective_split(data, split)
-    predictor = _scoring_predictor(model_uri)
+    predictor = load_predictor(model_uri)
     results: list[Scored] = []
     for batch in batch_records(select_records(data, split), batch_size):
         results += score_batch(predictor, batch)
         for _ in batch if on_progress is not None else ():
             on_progress()
     return split, results
-
-
-def _scoring_predictor(model_uri: str) -> MaskPredictor:
-    """A registered version's ONNX export where it has one (ONNX Runtime is faster than PyTorch on a CPU,
-    and the gate scores two models on hundreds of photos), else what the URI names."""
-    if is_registry_uri(model_uri):
-        try:
-            return load_predictor(model_uri, prefer="onnx")
-        except ValueError:  # logged without its ONNX export: the checkpoint below
-            pass
-    return load_predictor(model_uri)
 
 
 def _score_batch(

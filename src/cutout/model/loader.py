@@ -25,8 +25,9 @@ def load_predictor(
             registered model, `models:/cutout@champion`.
         device: `cpu` or `cuda` for PyTorch models.
         threads: CPU threads for inference; all available cores by default.
-        prefer: `checkpoint` (PyTorch) or `onnx`: which runtime runs a registered model (its checkpoint
-            by default) or a built-in one (ONNX Runtime by default: faster on a CPU).
+        prefer: `checkpoint` (PyTorch) or `onnx`: which runtime runs a registered or built-in model. By
+            default ONNX Runtime on a CPU (faster there), for a registered version its ONNX export where
+            it was logged with one; its checkpoint on a GPU.
     """
     if is_builtin(uri):
         if prefer == "checkpoint":
@@ -35,6 +36,11 @@ def load_predictor(
     if is_registry_uri(uri):
         from cutout.platform.registry import resolve_model_uri
 
+        if prefer is None and device == "cpu":
+            try:
+                return load_predictor(uri, device, threads, prefer="onnx")
+            except ValueError:  # logged without its ONNX export: its checkpoint, below
+                pass
         # Both back ends read the whole file at load time, so the download can go once loaded.
         with tempfile.TemporaryDirectory(prefix="cutout-model-") as folder:
             path = resolve_model_uri(uri, prefer or "checkpoint", folder)

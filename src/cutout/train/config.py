@@ -164,7 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     """`cutout train`'s argument parser."""
     built = argparse.ArgumentParser(
-        prog="cutout train", description="Train U²-Net (alone, or under horovodrun / an MPIJob)."
-    )
+        prog="cutout train", description="Train U²-Net (alone, or under horovodrun / an MPIJob).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
     add_arguments(built)
     return built

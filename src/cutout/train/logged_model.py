@@ -31,8 +31,6 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from cutout.model.builtin import BUILTIN_MODELS, builtin_model_path
-from cutout.model.weights import load_model, save_checkpoint
 from cutout.platform import storage
 from cutout.platform.names import MODEL_NAME, version_uri
 from cutout.platform.registry import ARTIFACT_NAME, CHECKPOINT, ONNX, register_model, set_version_tag
@@ -157,6 +155,9 @@ def register_builtin(builtin: str, name: str = MODEL_NAME) -> str:
     Raises:
         cutout.model.builtin.BuiltinModelError: not a built-in name, or its file is missing or damaged.
     """
+    from cutout.model.builtin import BUILTIN_MODELS, builtin_model_path
+    from cutout.model.weights import load_model, save_checkpoint  # PyTorch, only when registering one
+
     builtin_model_path(builtin)  # an unknown name fails here with the list of built-in names
     model, metadata = load_model(builtin)
     with tempfile.TemporaryDirectory(prefix="cutout-builtin-") as folder:
