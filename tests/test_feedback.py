@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cutout.data import feedback_store
 from cutout.data.dataset import PairDataset
 from cutout.data.io import encode_image, read_image, read_mask
 from cutout.data.transforms import eval_transform
@@ -53,7 +54,7 @@ def test_routes_each_branch_and_the_merged_manifest_is_a_dataset(feedback_uri: s
         router.close()
     assert router.stats.written == {"retrain": 1, "review": 1} and router.stats.failed == 0
 
-    store = feedback.retrain_store(feedback_uri)
+    store = feedback_store.store_uri(feedback_uri, feedback_store.AUTO)
     assert _files(store) == [f"images/{good.item_id}.jpg", f"masks/{good.item_id}.png",
                              f"records/{good.item_id}.json"]  # fmt: skip
     assert storage.read_bytes(storage.join(store, "images", f"{good.item_id}.jpg")) == good.photo

@@ -168,7 +168,7 @@ def test_v1_answers_like_the_predictor_and_routes_to_retraining(
         for key in set(ours) & {"mask", "cutout"}:
             assert np.array_equal(np.asarray(decoded(ours[key])), np.asarray(decoded(theirs[key]))), key
 
-    store = feedback.retrain_store(s3_feedback)
+    store = feedback_store.store_uri(s3_feedback, feedback_store.AUTO)
     records = records_of(store, "v1-retrain", 3)
     assert len(records) == 3 and {r["threshold"] for r in records} == {0.0}
     for record in records:
@@ -223,7 +223,7 @@ def test_v2_through_tritonclient_and_kserve_client(service: local.LocalService, 
     cutout = decoded(outputs["cutout"].data[0])
     assert cutout.mode == "RGB" and cutout.size == photos[1].size  # flattened on white
 
-    store = feedback.retrain_store(s3_feedback)
+    store = feedback_store.store_uri(s3_feedback, feedback_store.AUTO)
     assert [r["image"].rsplit(".", 1)[1] for r in records_of(store, "v2-triton", 2)] == ["png", "png"]
     (record,) = records_of(store, "v2-pixels", 1)
     stored = read_image(storage.read_bytes(storage.join(store, record["image"])))
@@ -418,7 +418,7 @@ def test_cutout_serve_local_routes_below_the_threshold_to_review_and_stops_clean
     assert item["score"] == pytest.approx(outputs["score"][0], abs=1e-6) and item["model_version"]
     loaded = feedback.load_pending(root, item["id"])
     assert loaded.photo == photo_file and loaded.mask == base64.b64decode(outputs["mask"][0])
-    assert not os.path.exists(feedback.retrain_store(root))
+    assert not os.path.exists(feedback_store.store_uri(root, feedback_store.AUTO))
 
 
 def test_the_threshold_defaults_to_the_one_stored_on_the_model_version(mlflow_local: Path) -> None:

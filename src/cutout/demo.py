@@ -68,7 +68,7 @@ from cutout.platform.names import (
     version_uri,
 )
 from cutout.platform.registry import promotion_tags
-from cutout.platform.tracking import local_dir, local_tracking_uri
+from cutout.platform.tracking import local_dir, local_tracking_uri, set_aside_local_store
 from cutout.serve.codec import v1_predict_path
 from cutout.serve.feedback import RETRAIN, REVIEW, list_pending
 from cutout.serve.local import start_local_service, terminate, wait_until_ready
@@ -86,8 +86,6 @@ FRESH = ("raw", "studio", "real-holdout", "calibration", "new-backdrop-holdout",
 # What earlier versions of the demo made here, removed as well so the folder holds only this run's output.
 FORMER = ("clean", "clustered", "augmented", "checkpoints", "tensorboard", "evaluation", "mlflow.db",
           "mlartifacts", "run-low-resolution.json", "run-final.json")  # fmt: skip
-# The local registry (`cutout.platform.tracking.local_tracking_uri`) and its artifacts.
-STORE_FILES = ("mlflow.db", "mlartifacts")
 RETRAIN_RUN = "retrain"
 
 
@@ -330,16 +328,10 @@ def _fresh_workdir(workdir: Path) -> None:
 
 
 def _fresh_registry(root: Path) -> None:
-    """Move a registry an earlier run (or the user) left in ``<root>/.cutout`` aside, and say where."""
-    store = local_dir(root)
-    found = [store / name for name in STORE_FILES if (store / name).exists()]
-    if found:
-        aside = store / "previous" / time.strftime("%Y%m%d-%H%M%S")
-        aside.mkdir(parents=True)
-        for path in found:
-            path.rename(aside / path.name)
-        console.print(f"the registry that was in {store} is now in {aside} (its artifacts' paths point back "
-                      "there: move both back to use it again)", highlight=False)  # fmt: skip
+    aside = set_aside_local_store(root)
+    if aside is not None:
+        console.print(f"the registry that was in {local_dir(root)} is now in {aside} (its artifacts' paths "
+                      "point back there: move both back to use it again)", highlight=False)  # fmt: skip
 
 
 def _environment(root: Path) -> dict[str, str]:

@@ -67,10 +67,10 @@ def export_onnx(
 ) -> None:
     """Export to ONNX: input `input` (N×3×H×W), first output the fused probability map."""
     from cutout.data.io import read_photos
-    from cutout.model.export import CALIBRATION_LIMIT, export_model
+    from cutout.model.export import export_model
 
     if int8 and not calibration:
         raise fail("--int8 needs --calibration DIR: a folder of photos like the ones the model will see")
-    photos = read_photos(calibration, limit=CALIBRATION_LIMIT) if int8 else None
+    photos = read_photos(calibration) if int8 else None  # read lazily: calibration takes what it needs
     export_model(model, out, calibration=photos)
     console.print(f"wrote {out}")

@@ -5,6 +5,7 @@ Under a feedback root (a local folder or ``s3://bucket/prefix``)::
     retrain/auto/images/<id>.<ext>          a photo the model was confident about, as the client sent it
     retrain/auto/masks/<id>.png             its predicted mask (8-bit, the photo's upright size)
     retrain/auto/records/<id>.json          its manifest record, written last
+    retrain/auto/manifest.jsonl             a snapshot of the records, for readers that want one
     retrain/corrected/images|masks|records  pairs a person accepted or corrected, the same way
     review/pending/<id>/photo.<ext>         a photo the model was unsure of
     review/pending/<id>/mask.png            its predicted mask

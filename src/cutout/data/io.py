@@ -216,11 +216,12 @@ def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95, compre
         raise ValueError(f"can't encode {fmt!r}: expected one of {ENCODE_FORMATS}")
     if fmt == "JPEG" and image.has_transparency_data:
         raise ValueError(f"JPEG can't hold transparency (mode {image.mode}); flatten or use PNG/WEBP")
-    options = {"quality": quality}
-    if fmt == "PNG":
+    if fmt != "PNG":
+        options = {"quality": quality}
+    elif 1 <= compress_level <= FAST_PNG_LEVELS:
+        options = {"compress_level": compress_level, "compress_type": zlib.Z_RLE}
+    else:
         options = {"compress_level": compress_level}
-        if 1 <= compress_level <= FAST_PNG_LEVELS:
-            options["compress_type"] = zlib.Z_RLE
     buffer = BytesIO()
     try:
         image.save(buffer, format=fmt, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cutout.platform.names import EXPERIMENT
 
 LOCAL_DIR = ".cutout"
 SQLITE_PREFIX = "sqlite:///"
+LOCAL_DB, LOCAL_ARTIFACTS = "mlflow.db", "mlartifacts"  # the embedded store, in .cutout/
 # Images are built without `.git`: the build passes the commit in through this variable instead.
 GIT_COMMIT_ENV = "CUTOUT_GIT_COMMIT"
 TENSORBOARD_ARTIFACTS = "tensorboard"
@@ -29,12 +31,29 @@ REPORT_ARTIFACTS = "report"
 
 def local_tracking_uri(root: str | Path | None = None) -> str:
     """The embedded default: ``sqlite:///<root>/.cutout/mlflow.db`` (root: the current directory)."""
-    return f"{SQLITE_PREFIX}{local_dir(root) / 'mlflow.db'}"
+    return f"{SQLITE_PREFIX}{local_dir(root) / LOCAL_DB}"
 
 
 def local_dir(root: str | Path | None = None) -> Path:
     """The absolute ``.cutout/`` folder that holds the local MLflow database and artifacts."""
     return Path(root or os.getcwd()).absolute() / LOCAL_DIR
+
+
+def set_aside_local_store(root: str | Path | None = None) -> Path | None:
+    """Move the embedded store of `root` (its database and artifacts) into ``.cutout/previous/<time>/``,
+    so that the next run starts an empty one and nothing is lost; returns where, or None if there was none.
+
+    The artifacts' recorded paths still point at the old place: move both back to use that store again.
+    """
+    store = local_dir(root)
+    found = [store / name for name in (LOCAL_DB, LOCAL_ARTIFACTS) if (store / name).exists()]
+    if not found:
+        return None
+    aside = store / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True)
+    for path in found:
+        path.rename(aside / path.name)
+    return aside
 
 
 def current_tracking_uri() -> str:
@@ -56,7 +75,7 @@ def configure_tracking(tracking_uri: str | None = None, experiment: str = EXPERI
     artifact_location = None
     if uri.startswith(SQLITE_PREFIX):
         # A bare database keeps its artifacts in a sibling folder; a server picks its own (S3 behind it).
-        artifacts = Path(uri.removeprefix(SQLITE_PREFIX)).parent / "mlartifacts"
+        artifacts = Path(uri.removeprefix(SQLITE_PREFIX)).parent / LOCAL_ARTIFACTS
         artifacts.mkdir(parents=True, exist_ok=True)
         artifact_location = artifacts.as_uri()
     mlflow.set_tracking_uri(uri)

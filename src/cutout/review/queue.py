@@ -81,11 +81,6 @@ class OpenedItem:
     claim: Claim
 
 
-def corrected_store(feedback_uri: str) -> str:
-    """Where reviewed pairs go: ``<feedback_uri>/retrain/corrected`` (the dataset record layout)."""
-    return store_uri(feedback_uri, CORRECTED)
-
-
 def item_version(item: PendingItem) -> str:
     """A digest of the item's metadata, photo and mask: it changes whenever any of them does."""
     digest = hashlib.sha256(json.dumps(item.meta, sort_keys=True).encode())
@@ -255,7 +250,7 @@ class ReviewQueue:
     def _write_reviewed(self, item: PendingItem, mask_png: bytes, record: dict) -> dict:
         facts = {key: value for key, value in item.meta.items() if key not in _ITEM_FILES}
         extension = item.meta["photo"].rpartition(".")[2].lower()
-        return write_pair(corrected_store(self.feedback_uri), item.id, item.photo, extension, mask_png,
+        return write_pair(store_uri(self.feedback_uri, CORRECTED), item.id, item.photo, extension, mask_png,
                           {**facts, **record})  # fmt: skip
 
     def _remove_pending(self, item: PendingItem) -> None:
@@ -288,7 +283,7 @@ class ReviewQueue:
 
     def _decision(self, item_id: str) -> dict | None:
         """The decision written for an item (corrected/accepted record or rejection), if any."""
-        for uri in (record_uri(corrected_store(self.feedback_uri), item_id),
+        for uri in (record_uri(store_uri(self.feedback_uri, CORRECTED), item_id),
                     storage.join(rejected_uri(self.feedback_uri, item_id), ITEM_FILE)):  # fmt: skip
             with contextlib.suppress(FileNotFoundError):
                 return json.loads(storage.read_bytes(uri))

@@ -133,11 +133,6 @@ def _encoded_mask(item: FeedbackItem) -> bytes:
 # --- the retraining store ---------------------------------------------------------------------
 
 
-def retrain_store(feedback_uri: str) -> str:
-    """Where auto-accepted pairs go: ``<feedback_uri>/retrain/auto``."""
-    return store_uri(feedback_uri, AUTO)
-
-
 def write_pair(store: str, item_id: str, photo: bytes, photo_ext: str, mask_png: bytes, record: dict) -> dict:
     """Write one pair into a record-file dataset store: photo, mask, then its record.
 
@@ -238,7 +233,7 @@ def route_item(feedback_uri: str, item: FeedbackItem) -> str:
     photo, ext = _encoded_photo(item)
     mask = _encoded_mask(item)
     if item.destination == RETRAIN:
-        write_pair(retrain_store(feedback_uri), item.item_id, photo, ext, mask,
+        write_pair(store_uri(feedback_uri, AUTO), item.item_id, photo, ext, mask,
                    {"source": SOURCE, **item.metadata()})  # fmt: skip
     else:
         write_review_item(feedback_uri, item.item_id, photo, ext, mask, item.metadata())
